@@ -1,0 +1,113 @@
+"""Devices, distributed set-up, EMA and timing helpers shared by the scripts."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+def select_device(device: str | int | torch.device | None = "") -> torch.device:
+    """'cpu', '0', '0,1', 'cuda:1' or '' (CUDA 0 when available, else CPU) -> torch.device."""
+    if isinstance(device, torch.device):
+        return device
+    spec = str(device if device is not None else "").strip().lower().replace("cuda:", "")
+    if spec in ("", "auto"):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    ids = [s for s in spec.split(",") if s]
+    if not all(s.isdigit() for s in ids):
+        raise ValueError(f"invalid --device {device!r}: use 'cpu', a CUDA index like '0', or '0,1'")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} requested but CUDA is not available here; use --device cpu")
+    n = torch.cuda.device_count()
+    bad = [i for i in ids if int(i) >= n]
+    if bad:
+        raise RuntimeError(f"--device {device}: CUDA device(s) {bad} not found ({n} available)")
+    return torch.device(f"cuda:{ids[0]}")
+
+
+@dataclass
+class DistInfo:
+    """Process placement under torchrun (rank -1 = not distributed)."""
+
+    rank: int = -1
+    local_rank: int = -1
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank in (-1, 0)
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), world)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend)
+    return info
+
+
+def device_for_rank(device: torch.device, info: DistInfo) -> torch.device:
+    """Each DDP process on CUDA takes the GPU of its local rank."""
+    if device.type == "cuda" and info.local_rank >= 0:
+        return torch.device("cuda", info.local_rank)
+    return device
+
+
+@contextlib.contextmanager
+def main_process_first(info: DistInfo) -> Iterator[None]:
+    """Let rank 0 do a job (e.g. build a label cache) before the other ranks."""
+    if info.rank > 0:
+        dist.barrier()
+    yield
+    if info.rank == 0:
+        dist.barrier()
+
+
+def de_parallel(model: nn.Module) -> nn.Module:
+    """The bare model inside DataParallel / DistributedDataParallel."""
+    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
+
+
+class ModelEMA:
+    """Exponential moving average of weights with a warm-up ramp (decay * (1 - exp(-updates / tau)))."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0, updates: int = 0) -> None:
+        self.ema = copy.deepcopy(de_parallel(model)).eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.decay, self.tau, self.updates = decay, tau, updates
+
+    def _decay(self) -> float:
+        return self.decay * (1 - math.exp(-self.updates / self.tau))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self._decay()
+        msd = de_parallel(model).state_dict()
+        for k, v in self.ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+
+
+def time_sync() -> float:
+    """Wall time after pending CUDA work finishes."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
