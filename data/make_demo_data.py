@@ -238,12 +238,13 @@ def _clear_split(root: Path, split: str) -> tuple[Path, Path]:
     return img_dir, lbl_dir
 
 
-def make_split(root: Path, split: str, n: int, img_size: int, seed: int) -> dict[str, dict]:
-    """Write ``n`` images and labels of one split; return per-image details keyed by path."""
+def make_split(root: Path, split: str, n: int, img_size: int, seed: int,
+               max_difficulty: float = 1.0) -> dict[str, dict]:
+    """Write ``n`` images and labels of one split (difficulties spread over [0, max_difficulty])."""
     img_dir, lbl_dir = _clear_split(root, split)
     code = SPLIT_CODES[split]
     spread = np.random.default_rng([seed, code])
-    difficulties = spread.permutation((np.arange(n) + spread.uniform(size=n)) / max(n, 1))
+    difficulties = spread.permutation((np.arange(n) + spread.uniform(size=n)) / max(n, 1)) * max_difficulty
     noise_bank = spread.standard_normal((2 * img_size, 2 * img_size, 3), dtype=np.float32)
     details = {}
     for i, d in enumerate(difficulties):
@@ -259,14 +260,19 @@ def make_split(root: Path, split: str, n: int, img_size: int, seed: int) -> dict
 
 
 def make_demo_dataset(root: str | Path = "data/demo", n_train: int = 200, n_val: int = 50,
-                      img_size: int = 256, seed: int = 0) -> Path:
-    """Generate the demo dataset under ``root``; return the path of its ``demo.yaml``."""
+                      img_size: int = 256, seed: int = 0, max_difficulty: float = 1.0) -> Path:
+    """Generate the demo dataset under ``root``; return the path of its ``demo.yaml``.
+
+    ``max_difficulty`` < 1 keeps only the easier part of the spectrum (quick learning checks).
+    """
     if img_size < 64:
         raise ValueError(f"img_size must be at least 64, got {img_size}")
+    if not 0 < max_difficulty <= 1:
+        raise ValueError(f"max_difficulty must be in (0, 1], got {max_difficulty}")
     root = Path(root).expanduser().resolve()
     details = {}
     for split, n in (("train", n_train), ("val", n_val)):
-        details.update(make_split(root, split, n, img_size, seed))
+        details.update(make_split(root, split, n, img_size, seed, max_difficulty))
     side = {"seed": seed, "img_size": img_size, "classes": list(CLASSES),
             "difficulty": {k: round(v["difficulty"], 6) for k, v in details.items()},
             "details": details}
@@ -286,8 +292,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--n-val", type=int, default=50, help="validation images")
     parser.add_argument("--img-size", type=int, default=256, help="long image side in pixels")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--max-difficulty", type=float, default=1.0, help="upper end of the difficulty spread")
     args = parser.parse_args(argv)
-    path = make_demo_dataset(args.root, args.n_train, args.n_val, args.img_size, args.seed)
+    path = make_demo_dataset(args.root, args.n_train, args.n_val, args.img_size, args.seed, args.max_difficulty)
     print(f"demo dataset written: {path}")
     return path
 

@@ -55,8 +55,9 @@ class Trainer:
         self.wdir.mkdir(parents=True, exist_ok=True)
         nb = len(self.train_loader)
         total_batch = self.opt.batch_size
-        self.accumulate = max(round(NOMINAL_BATCH / total_batch), 1)
-        decay = self.hyp["weight_decay"] * total_batch * self.accumulate / NOMINAL_BATCH
+        nbs = int(self.hyp.get("nbs", NOMINAL_BATCH))  # nominal batch: gradients accumulate up to it
+        self.accumulate = max(round(nbs / total_batch), 1)
+        decay = self.hyp["weight_decay"] * total_batch * self.accumulate / nbs
         self.optimizer = build_optimizer(self.model, {**self.hyp, "weight_decay": decay}, self.opt.adam)
         self.lf = one_cycle(self.hyp["lrf"], self.opt.epochs)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lf)
@@ -83,6 +84,7 @@ class Trainer:
         self.state = TrainState(int(extra["epoch"]) + 1, float(extra["best_fitness"]), int(extra["ema_updates"]))
         if self.ema is not None:
             self.ema.updates = self.state.ema_updates
+            _truncate_csv(self.save_dir / "results.csv", self.state.epoch)
         self.scheduler.last_epoch = self.state.epoch - 1
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * self.lf(self.state.epoch)
@@ -127,8 +129,6 @@ class Trainer:
             loss = loss * self.dist.world_size  # DDP averages gradients across processes
         self.scaler.scale(loss).backward()
         if (step + 1) % self.accumulate == 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
@@ -212,6 +212,23 @@ def _append_csv(path: Path, row: dict) -> None:
         if new:
             w.writeheader()
         w.writerow(row)
+
+
+def _truncate_csv(path: Path, next_epoch: int) -> None:
+    """Drop rows of epochs that a resumed run will repeat (killed after logging, before saving)."""
+    if not path.exists():
+        return
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    keep = [r for r in rows if int(float(r["epoch"])) < next_epoch]
+    if len(keep) == len(rows) or not rows:
+        return
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(keep)
+    tmp.replace(path)
 
 
 def _plain(d: dict) -> dict:

@@ -1,0 +1,37 @@
+"""Devices, EMA and run-directory helpers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from utils.paths import increment_path
+from utils.torch_utils import ModelEMA, select_device
+
+
+def test_select_device() -> None:
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("") in (torch.device("cpu"), torch.device("cuda:0"))
+    with pytest.raises(ValueError, match="invalid --device"):
+        select_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            select_device("0")
+
+
+def test_ema_moves_towards_the_model() -> None:
+    model = torch.nn.Linear(2, 1)
+    ema = ModelEMA(model, decay=0.5, tau=1e-9)  # decay 0.5 from the first update on
+    start = ema.ema.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.ema.weight, start + 0.5)
+    assert not ema.ema.weight.requires_grad and ema.updates == 1
+
+
+def test_increment_path(tmp_path) -> None:
+    assert increment_path(tmp_path / "exp") == tmp_path / "exp"
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp2").mkdir()
+    assert increment_path(tmp_path / "exp") == tmp_path / "exp3"
+    assert increment_path(tmp_path / "exp", exist_ok=True) == tmp_path / "exp"

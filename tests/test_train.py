@@ -1,0 +1,165 @@
+"""train.py / test.py end to end on a small generated dataset: learning, resume, DDP, errors."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import test as test_script
+import train
+from data.make_demo_data import make_demo_dataset
+from models.yolo import build_model
+from tests.conftest import REPO
+from utils.checkpoints import read_checkpoint
+
+# A short, easy recipe: no mosaic/mixup/colour jitter, constant LR, one optimizer step per batch.
+FAST_HYP = {"lr0": 0.02, "lrf": 1.0, "warmup_epochs": 0.5, "mosaic": 0.0, "mixup": 0.0, "hsv_h": 0.0,
+            "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.2, "scale": 0.25, "fliplr": 0.5, "nbs": 8}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict[str, Path]:
+    """32 easier training images; 'fit.yaml' validates on the training images (a learning check)."""
+    root = tmp_path_factory.mktemp("demo")
+    data = make_demo_dataset(root, n_train=32, n_val=8, img_size=128, seed=0, max_difficulty=0.3)
+    content = yaml.safe_load(data.read_text())
+    fit = root / "fit.yaml"
+    fit.write_text(yaml.safe_dump({**content, "val": content["train"]}))
+    hyp = yaml.safe_load((REPO / "data" / "hyp.scratch.tiny.yaml").read_text())
+    hyp_file = root / "hyp.yaml"
+    hyp_file.write_text(yaml.safe_dump({**hyp, **FAST_HYP}))
+    return {"data": data, "fit": fit, "hyp": hyp_file, "root": root}
+
+
+def _map50_before(cfg: str, demo: dict, tmp_path: Path) -> dict:
+    torch.manual_seed(0)
+    model = build_model(cfg, names=["circle", "square", "triangle", "cross"])
+    return test_script.run(data=demo["fit"], model=model, img_size=128, batch_size=8, workers=0,
+                           plots=False, save_dir=tmp_path / "before")
+
+
+@pytest.mark.parametrize("cfg,epochs", [("yolov7-tiny", 30), ("dy-yolov7-tiny", 40)])
+def test_training_raises_map(cfg: str, epochs: int, demo: dict, tmp_path: Path) -> None:
+    before = _map50_before(cfg, demo, tmp_path)
+    out = train.run(cfg=cfg, data=str(demo["fit"]), hyp=str(demo["hyp"]), img_size=128, epochs=epochs,
+                    batch_size=8, workers=0, device="cpu", project=str(tmp_path), name="run", noval=True,
+                    plots=False)
+    after = out["metrics"]
+    if cfg.startswith("dy-"):  # both detectors learn (stage 1 trains them jointly)
+        for det in ("detector1", "detector2"):
+            b, a = before["dynamic"][det]["map50"], after["dynamic"][det]["map50"]
+            assert a >= max(0.01, 10 * b), (det, b, a)
+    else:
+        assert after["map50"] >= max(0.04, 10 * before["map50"]), (before["map50"], after["map50"])
+    run_dir = out["save_dir"]
+    for name in ("weights/last.pt", "weights/best.pt", "results.csv", "hyp.yaml", "opt.yaml"):
+        assert (run_dir / name).is_file(), name
+    ckpt = read_checkpoint(run_dir / "weights" / "last.pt")
+    assert ckpt["format"] == "dydet-v1" and ckpt["epoch"] == epochs - 1 and "optimizer" in ckpt
+
+
+def test_plots_and_event_files(demo: dict, tmp_path: Path) -> None:
+    out = train.run(cfg="yolov7-tiny", data=str(demo["data"]), hyp=str(demo["hyp"]), img_size=128, epochs=2,
+                    batch_size=8, workers=0, device="cpu", project=str(tmp_path), name="plots")
+    d = out["save_dir"]
+    for name in ("results.png", "labels.jpg", "train_batch0.jpg", "PR_curve.png", "confusion_matrix.png",
+                 "test_batch0_labels.jpg", "test_batch0_pred.jpg"):
+        assert (d / name).is_file() and (d / name).stat().st_size > 0, name
+    assert list(d.glob("events.out.tfevents.*"))
+    rows = list(csv.DictReader(open(d / "results.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert "metrics/map50" in rows[0] and "train/total" in rows[0]
+
+
+def _epochs_logged(run_dir: Path) -> list[int]:
+    path = run_dir / "results.csv"
+    if not path.exists():
+        return []
+    return [int(float(r["epoch"])) for r in csv.DictReader(open(path))]
+
+
+def test_resume_after_sigkill(demo: dict, tmp_path: Path) -> None:
+    cmd = [sys.executable, "train.py", "--cfg", "yolov7-tiny", "--data", str(demo["data"]), "--hyp", str(demo["hyp"]),
+           "--img-size", "96", "--epochs", "4", "--batch-size", "8", "--workers", "0", "--device", "cpu",
+           "--project", str(tmp_path), "--name", "killed", "--no-plots"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir, last = tmp_path / "killed", tmp_path / "killed" / "weights" / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (last.exists() and _epochs_logged(run_dir)):
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    proc.wait()
+    done = int(read_checkpoint(last)["epoch"])
+    assert done < 3
+    res = subprocess.run([sys.executable, "train.py", "--resume", str(last)], cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert _epochs_logged(run_dir) == [0, 1, 2, 3]
+    ckpt = read_checkpoint(last)
+    assert ckpt["epoch"] == 3 and ckpt["optimizer"]["state"], "optimizer state restored and saved"
+    again = subprocess.run([sys.executable, "train.py", "--resume", str(last)], cwd=REPO, capture_output=True, text=True)
+    assert again.returncode != 0 and "already finished" in again.stderr
+
+
+def test_two_process_training_with_torchrun(demo: dict, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
+           "--cfg", "yolov7-tiny", "--data", str(demo["data"]), "--hyp", str(demo["hyp"]), "--img-size", "96",
+           "--epochs", "1", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--project", str(tmp_path),
+           "--name", "ddp", "--no-plots"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"], "both ranks must share one run directory"
+    ckpt = read_checkpoint(tmp_path / "ddp" / "weights" / "last.pt")
+    assert ckpt["epoch"] == 0 and ckpt["train_opt"]["batch_size"] == 8
+    assert _epochs_logged(tmp_path / "ddp") == [0]
+
+
+def test_transfer_to_another_class_count(demo: dict, tmp_path: Path) -> None:
+    src = train.run(cfg="yolov7-tiny", data=str(demo["data"]), hyp=str(demo["hyp"]), img_size=96, epochs=1,
+                    batch_size=8, workers=0, device="cpu", project=str(tmp_path), name="src", noval=True, plots=False)
+    two = demo["root"] / "two.yaml"
+    content = yaml.safe_load(demo["data"].read_text())
+    two.write_text(yaml.safe_dump({**content, "names": {0: "round", 1: "square", 2: "tri", 3: "x", 4: "extra"}}))
+    out = train.run(weights=str(src["last"]), data=str(two), hyp=str(demo["hyp"]), img_size=96, epochs=1,
+                    batch_size=8, workers=0, device="cpu", project=str(tmp_path), name="dst", noval=True, plots=False)
+    ckpt = read_checkpoint(out["last"])
+    assert ckpt["cfg"]["nc"] == 5 and ckpt["names"][-1] == "extra"
+
+
+def test_cli_errors_are_one_clear_line(demo: dict, tmp_path: Path) -> None:
+    cases = [
+        (["--cfg", "yolov7-tiny", "--data", str(tmp_path / "missing.yaml")], "data config not found"),
+        (["--data", str(demo["data"])], "--cfg"),
+        (["--cfg", "nope", "--data", str(demo["data"])], "not found"),
+        (["--resume", str(tmp_path / "none.pt")], "not found"),
+        (["--cfg", "yolov7-tiny", "--weights", str(tmp_path / "w.pt"), "--data", str(demo["data"])], "w.pt"),
+    ]
+    for args, message in cases:
+        res = subprocess.run([sys.executable, "train.py", *args, "--project", str(tmp_path)], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode != 0 and message in res.stderr, (args, res.stderr[-500:])
+        assert "Traceback" not in res.stderr, res.stderr[-1500:]
+
+
+def test_test_py_reports_dynamic_routing(demo: dict, tmp_path: Path) -> None:
+    model = build_model("dy-yolov7-tiny", names=["circle", "square", "triangle", "cross"])
+    from utils.checkpoints import save_checkpoint
+    w = save_checkpoint(tmp_path / "dy.pt", model, names=model.names)
+    res = subprocess.run([sys.executable, "test.py", "--weights", str(w), "--data", str(demo["data"]), "--img-size",
+                          "96", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--dy-thres", "0.0",
+                          "--project", str(tmp_path), "--name", "t", "--verbose", "--save-json"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Routing: 0 easy, 8 hard" in res.stdout and "detector1" in res.stdout
+    assert "Speed:" in res.stdout and "ms inference" in res.stdout
+    assert (tmp_path / "t" / "predictions.json").is_file() and (tmp_path / "t" / "metrics.json").is_file()
