@@ -163,3 +163,18 @@ def test_test_py_reports_dynamic_routing(demo: dict, tmp_path: Path) -> None:
     assert "Routing: 0 easy, 8 hard" in res.stdout and "detector1" in res.stdout
     assert "Speed:" in res.stdout and "ms inference" in res.stdout
     assert (tmp_path / "t" / "predictions.json").is_file() and (tmp_path / "t" / "metrics.json").is_file()
+
+
+def test_yolov7_release_warm_starts_a_dynamic_model(demo: dict, tmp_path: Path) -> None:
+    from tests.test_safe_pickle import fake_state, manifest, save_fake_yolov7
+    official = fake_state(manifest("yolov7-tiny"))  # an 80-class COCO file, as released
+    weights = save_fake_yolov7(tmp_path / "yolov7-tiny.pt", official)
+    out = train.run(cfg="dy-yolov7-tiny", weights=str(weights), data=str(demo["data"]), hyp=str(demo["hyp"]),
+                    img_size=96, epochs=1, batch_size=8, workers=0, device="cpu", project=str(tmp_path),
+                    name="warm", noval=True, plots=False)
+    ckpt = read_checkpoint(out["last"])
+    assert ckpt["cfg"]["name"] == "dy-yolov7-tiny" and ckpt["cfg"]["nc"] == 4
+    src = official["model.0.conv.weight"].float().flatten()
+    for key in ("model_b.0.conv.weight", "model_b2.4.conv.weight"):  # both backbones start from the release
+        got = ckpt["train_model"][key].flatten()
+        assert torch.corrcoef(torch.stack([src, got]))[0, 1] > 0.9, key
