@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -37,3 +39,40 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+# --------------------------------------------------------------------------- sample data
+def write_sample(root: Path, name: str, hw: tuple[int, int] = (48, 64),
+                 labels: str | None = "0 0.5 0.5 0.25 0.25\n", colour=(0, 160, 0)) -> Path:
+    """A solid image with a filled box for each label line (if the line is valid)."""
+    img_path = root / "images" / f"{name}.jpg"
+    img_path.parent.mkdir(parents=True, exist_ok=True)
+    img = np.full((*hw, 3), 60, np.uint8)
+    if labels is not None:
+        lbl = root / "labels" / f"{name}.txt"
+        lbl.parent.mkdir(parents=True, exist_ok=True)
+        lbl.write_text(labels)
+        for line in labels.splitlines():
+            try:
+                _, cx, cy, w, h = map(float, line.split())
+            except ValueError:
+                continue
+            x1, y1 = int((cx - w / 2) * hw[1]), int((cy - h / 2) * hw[0])
+            x2, y2 = int((cx + w / 2) * hw[1]), int((cy + h / 2) * hw[0])
+            cv2.rectangle(img, (x1, y1), (x2 - 1, y2 - 1), colour, -1)
+    cv2.imwrite(str(img_path), img)
+    return img_path
+
+
+def make_dataset(root: Path, n: int = 6, nc: int = 3) -> Path:
+    """``n`` images of various aspect ratios with 1-3 boxes each; returns the images folder."""
+    rng = np.random.default_rng(0)
+    sizes = [(48, 64), (64, 48), (64, 64), (40, 80), (80, 40), (56, 72)]
+    for i in range(n):
+        lines = []
+        for _ in range(1 + i % 3):
+            cx, cy = rng.uniform(0.3, 0.7, 2)
+            w, h = rng.uniform(0.15, 0.35, 2)
+            lines.append(f"{int(rng.integers(0, nc))} {cx:.4f} {cy:.4f} {w:.4f} {h:.4f}")
+        write_sample(root, f"im{i}", sizes[i % len(sizes)], "\n".join(lines) + "\n")
+    return root / "images"

@@ -9,7 +9,7 @@ import pytest
 
 from data.make_demo_data import CLASSES, main, make_demo_dataset
 from utils.data_config import find_images, image_to_label_path, load_data_config
-from utils.datasets import scan_dataset
+from utils.labels import scan_dataset
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
