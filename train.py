@@ -22,7 +22,7 @@ from utils.data_config import DataConfigError, load_data_config, load_hyp
 from utils.datasets import create_dataloader
 from utils.paths import increment_path
 from utils.torch_utils import DistInfo, de_parallel, device_for_rank, init_distributed, main_process_first, select_device
-from utils.trainer import Trainer, _plain
+from utils.trainer import Trainer, yaml_safe
 
 LOGGER = logging.getLogger("dydet.train")
 REPO = Path(__file__).resolve().parent
@@ -224,8 +224,8 @@ def _prepare_run(opt, hyp, model, train_set, names, save_dir: Path) -> None:
     if opt.plots and len(labels):
         from utils.plots import plot_labels
         plot_labels(labels, names, save_dir / "labels.jpg")
-    (save_dir / "hyp.yaml").write_text(yaml.safe_dump(_plain(hyp), sort_keys=False))
-    (save_dir / "opt.yaml").write_text(yaml.safe_dump(_plain(vars(opt)), sort_keys=False))
+    (save_dir / "hyp.yaml").write_text(yaml.safe_dump(yaml_safe(hyp), sort_keys=False))
+    (save_dir / "opt.yaml").write_text(yaml.safe_dump(yaml_safe(vars(opt)), sort_keys=False))
 
 
 def _validator(val_loader, names, save_dir: Path, opt):

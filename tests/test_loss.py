@@ -328,9 +328,7 @@ def test_compute_loss_dynamic_is_sum_of_detectors():
 
 def test_compute_loss_unwraps_module_and_checks_outputs():
     head = FakeHead()
-    wrapper = nn.Module()
-    wrapper.module = FakeModel(head)
-    crit = ComputeLoss(wrapper, HYP)
+    crit = ComputeLoss(nn.DataParallel(FakeModel(head)), HYP)  # a CPU DataParallel just wraps
     with pytest.raises(ValueError):
         crit(make_preds(head, 1)[:2], make_targets(1), imgs(1))
     with pytest.raises(ValueError):

@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from utils.coco_names import COCO_NAMES
 from utils.safe_pickle import CheckpointError, Stub, load_restricted, module_tree_state_dict
+from utils.torch_utils import de_parallel
 
 __all__ = [
     "DYNAMICDET", "FORMAT", "YOLOV7", "CheckpointError", "atomic_save", "check_plain", "checkpoint_dict",
@@ -69,7 +70,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, names: Iterable[str],
 def checkpoint_dict(model: nn.Module, *, names: Iterable[str], thresholds: Mapping | None = None,
                     meta: Mapping | None = None, extra: Mapping | None = None) -> dict:
     """The ``dydet-v1`` dict for ``model``; everything in it must be tensors or plain Python."""
-    model = unwrap(model)
+    model = de_parallel(model)
     if getattr(model, "fused", False):
         raise CheckpointError("cannot save a fused model: its tensors no longer match its config")
     names = [str(n) for n in names]
@@ -91,12 +92,6 @@ def checkpoint_dict(model: nn.Module, *, names: Iterable[str], thresholds: Mappi
     for key, value in ckpt.items():
         check_plain(value, key)
     return ckpt
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DataParallel / DistributedDataParallel wrappers."""
-    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
-    return model.module if isinstance(model, wrappers) else model
 
 
 def check_plain(obj: Any, where: str) -> None:

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.boxes import box_iou, xywh2xyxy
+from utils.torch_utils import de_parallel
 
 __all__ = [
     "scale_loss_gains", "level_balance", "smooth_bce", "bbox_ciou", "find_candidates",
@@ -345,7 +346,7 @@ class ComputeLoss:
     """Sum of one ``DetectionLoss`` per head of ``model.heads`` (DynamicDet: L_det1 + L_det2)."""
 
     def __init__(self, model: nn.Module, hyp: Mapping[str, Any], autobalance: bool = False) -> None:
-        heads = _bare(model).heads
+        heads = de_parallel(model).heads
         self.losses = [DetectionLoss(h, hyp, autobalance) for h in heads]
 
     @property
@@ -390,8 +391,3 @@ class ComputeLoss:
             levels = [f.nl for f in self.losses]
             raise ValueError(f"expected raw training outputs of {n} head(s) with {levels} levels")
         return preds
-
-
-def _bare(model: nn.Module) -> nn.Module:
-    """The model itself, or the module inside a (Distributed)DataParallel wrapper."""
-    return model.module if not hasattr(model, "heads") and hasattr(model, "module") else model

@@ -177,7 +177,7 @@ class Trainer:
             "epoch": epoch, "best_fitness": self.state.best_fitness, "ema_updates": self.ema.updates,
             "optimizer": self.optimizer.state_dict(),
             "train_model": {k: v.detach().cpu() for k, v in de_parallel(self.model).state_dict().items()},
-            "train_opt": _plain(vars(self.opt)), "hyp": _plain(self.hyp),
+            "train_opt": yaml_safe(vars(self.opt)), "hyp": yaml_safe(self.hyp),
         }
         meta = {"epoch": epoch, "stage": "stage1", "run": str(self.save_dir)}
         # 'model' holds the EMA weights (what inference should use); 'train_model' the raw
@@ -231,7 +231,7 @@ def _truncate_csv(path: Path, next_epoch: int) -> None:
     tmp.replace(path)
 
 
-def _plain(d: dict) -> dict:
+def yaml_safe(d: dict) -> dict:
     """Options/hyp as YAML-safe plain values (paths -> str)."""
     return yaml.safe_load(yaml.safe_dump({k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}))
 
