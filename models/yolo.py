@@ -13,7 +13,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 from models.base import DetectorBase  # noqa: E402
 from models.graph import release_schedule, run_layers, wire  # noqa: E402
-from models.parse import IMAGE, build_layers, load_cfg, read_specs  # noqa: E402
+from models.parse import build_layers, load_cfg, read_specs  # noqa: E402
 
 
 class Model(DetectorBase):

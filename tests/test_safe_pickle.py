@@ -216,7 +216,7 @@ def test_spoofed_allowed_name_stays_inert(tmp_path: Path) -> None:
         os.system(cmd)
 
     payload.__module__, payload.__qualname__ = "models.common", "Conv"
-    with fake_yolo_modules() as ns:
+    with fake_yolo_modules():
         sys.modules["models.common"].Conv = payload
         torch.save({"model": _Trap(payload, (f"touch {marker}",))}, tmp_path / "spoof.pt")
     ckpt = load_restricted(tmp_path / "spoof.pt")
