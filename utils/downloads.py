@@ -1,0 +1,260 @@
+"""Model-zoo weights: resolve a release name to a local file, downloading it when needed.
+
+A bare zoo name (``dy-yolov7.pt``) is looked for in the working directory, then ``weights/``,
+then the cache directory (``$DYDET_WEIGHTS_DIR``, default ``~/.cache/dynamicdet/weights``) and
+downloaded there when missing. Downloads use only the standard library: a temp file beside the
+destination, resumed with an HTTP ``Range`` request after a dropped connection, checked
+(Content-Length, a minimum size, sha256 where known) and then renamed into place, so a failed or
+interrupted download never leaves a file under the final name.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from urllib.error import HTTPError
+from urllib.request import Request, urlopen
+
+from tqdm import tqdm
+
+__all__ = ["ZOO", "DownloadError", "ZooEntry", "attempt_download", "download", "weights_dir", "zoo_cfg"]
+
+LOGGER = logging.getLogger(__name__)
+
+DYNAMICDET_RELEASE = "https://github.com/VDIGPKU/DynamicDet/releases/download/v0.1"
+YOLOV7_RELEASE = "https://github.com/WongKinYiu/yolov7/releases/download/v0.1"
+MB = 10**6
+CHUNK = 1 << 16
+USER_AGENT = "dynamicdet-weights-downloader"
+# HTTP statuses worth retrying; any other HTTP error (404, 403, ...) fails at once.
+TRANSIENT_HTTP = frozenset({408, 416, 425, 429, 500, 502, 503, 504})
+
+
+class DownloadError(RuntimeError):
+    """A zoo file could not be downloaded; the message says where to put it by hand."""
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One released weights file.
+
+    ``min_size`` is a conservative sanity bound in bytes (it catches an HTML error page or a
+    truncated file), not the exact size; ``sha256`` is None where no published hash is known.
+    ``cfg`` is the matching architecture (``cfg/<cfg>.yaml``) so callers can default ``--cfg``.
+    """
+
+    url: str
+    cfg: str
+    min_size: int
+    sha256: str | None = None
+
+
+def _entry(release: str, cfg: str, min_mb: int) -> ZooEntry:
+    """Zoo entry for ``<release>/<cfg>.pt`` with a ``min_mb`` megabyte sanity bound."""
+    return ZooEntry(url=f"{release}/{cfg}.pt", cfg=cfg, min_size=min_mb * MB)
+
+
+# The official releases. No sha256 is published for them, so none is listed (never guess one).
+ZOO: Mapping[str, ZooEntry] = MappingProxyType({
+    f"{e.cfg}.pt": e for e in (
+        _entry(DYNAMICDET_RELEASE, "dy-yolov7", 100),
+        _entry(DYNAMICDET_RELEASE, "dy-yolov7x", 100),
+        _entry(DYNAMICDET_RELEASE, "dy-yolov7-w6", 100),
+        _entry(YOLOV7_RELEASE, "yolov7", 100),
+        _entry(YOLOV7_RELEASE, "yolov7x", 100),
+        _entry(YOLOV7_RELEASE, "yolov7-w6", 100),
+        _entry(YOLOV7_RELEASE, "yolov7-tiny", 10),
+    )
+})
+
+
+def weights_dir() -> Path:
+    """The download cache: ``$DYDET_WEIGHTS_DIR`` if set, else ``~/.cache/dynamicdet/weights``."""
+    env = os.environ.get("DYDET_WEIGHTS_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "dynamicdet" / "weights"
+
+
+def zoo_cfg(weights: str | Path, zoo: Mapping[str, ZooEntry] = ZOO) -> str | None:
+    """The architecture name (``dy-yolov7`` ...) of a zoo weights name or path, else None."""
+    entry = zoo.get(Path(weights).name)
+    return entry.cfg if entry else None
+
+
+def attempt_download(weights: str | Path, cache_dir: Path | None = None, retries: int = 3,
+                     timeout: float = 30, *, zoo: Mapping[str, ZooEntry] = ZOO,
+                     backoff: float = 1.0) -> Path:
+    """Local path of ``weights``, downloading a zoo file when it is not found locally.
+
+    An existing file is returned as is. A bare zoo name is looked for in the working directory,
+    ``weights/`` and ``cache_dir`` (default :func:`weights_dir`), and downloaded into
+    ``cache_dir`` when missing; a missing path with a folder and a zoo file name is downloaded
+    to exactly that path. Raises FileNotFoundError for anything else, DownloadError on failure.
+    """
+    path = Path(weights)
+    if path.is_file():
+        return path
+    entry = zoo.get(path.name)
+    if entry is None:
+        raise FileNotFoundError(f"weights {str(weights)!r} not found, and not a model-zoo name "
+                                f"(known: {', '.join(sorted(zoo))})")
+    cache = Path(cache_dir) if cache_dir is not None else weights_dir()
+    if path.name != str(weights):  # an explicit location: use it as the destination
+        return download(entry, path, retries, timeout, backoff=backoff)
+    for candidate in (path, Path("weights") / path, cache / path):
+        if candidate.is_file():
+            return candidate
+    return download(entry, cache / path, retries, timeout, backoff=backoff)
+
+
+def download(entry: ZooEntry, dest: Path, retries: int = 3, timeout: float = 30,
+             *, backoff: float = 1.0) -> Path:
+    """Download ``entry`` to ``dest`` through a verified temp file; DownloadError on failure."""
+    LOGGER.info("Downloading %s to %s", entry.url, dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    except OSError as e:
+        raise _failure(entry, dest, f"cannot write to {dest.parent} ({e})") from e
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        _fetch(entry.url, tmp, retries, timeout, backoff, desc=dest.name)
+        _verify(tmp, entry)
+        os.replace(tmp, dest)
+    except DownloadError as e:
+        raise _failure(entry, dest, str(e)) from None
+    except (OSError, http.client.HTTPException) as e:
+        raise _failure(entry, dest, _describe(e)) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _failure(entry: ZooEntry, dest: Path, reason: str) -> DownloadError:
+    """The one error message: what failed, from where, and where to put the file by hand."""
+    return DownloadError(f"could not download {entry.url}: {reason}. Download it manually "
+                         f"and save it as {dest.resolve()}")
+
+
+def _describe(error: BaseException) -> str:
+    """Short human-readable reason for a network or file error."""
+    if isinstance(error, HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _fetch(url: str, tmp: Path, retries: int, timeout: float, backoff: float, desc: str) -> None:
+    """Fill ``tmp`` with ``url``, resuming after transient failures; re-raises the last one."""
+    validator: list[str] = []  # ETag / Last-Modified of the first answer, for If-Range
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        try:
+            _fetch_once(url, tmp, timeout, validator, desc)
+            return
+        except (OSError, http.client.HTTPException) as e:
+            if attempt == retries or not _transient(e):
+                raise
+            LOGGER.warning("download of %s interrupted (%s), retrying at byte %d",
+                           url, _describe(e), tmp.stat().st_size)
+
+
+def _transient(error: BaseException) -> bool:
+    """Whether retrying can help: network trouble and server hiccups, not 404 or 403."""
+    return not isinstance(error, HTTPError) or error.code in TRANSIENT_HTTP
+
+
+def _fetch_once(url: str, tmp: Path, timeout: float, validator: list[str], desc: str) -> None:
+    """One request: resume ``tmp`` with a Range request if it has data, else start over."""
+    offset = tmp.stat().st_size
+    request = Request(url, headers={"User-Agent": USER_AGENT})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+        if validator:
+            request.add_header("If-Range", validator[0])
+    try:
+        with urlopen(request, timeout=timeout) as response:
+            start = _resume_offset(response, offset)
+            if start is None:  # a range we did not ask for: drop the partial file, start over
+                tmp.write_bytes(b"")
+                raise ConnectionError(f"server resumed with {response.headers.get('Content-Range')!r} "
+                                      f"instead of byte {offset}")
+            offset = start
+            if not offset:
+                validator[:] = _validator(response)
+            total = _expected_total(response, offset)
+            _copy(response, tmp, offset, total, desc)
+    except HTTPError as e:
+        if e.code == 416:  # our partial file does not fit the resource: start over
+            tmp.write_bytes(b"")
+        raise
+    size = tmp.stat().st_size
+    if total is not None and size != total:
+        raise ConnectionError(f"connection closed after {size} of {total} bytes")
+
+
+def _resume_offset(response: http.client.HTTPResponse, offset: int) -> int | None:
+    """Where the body starts: 0 for a full answer, ``offset`` for a matching 206, else None."""
+    if not offset or response.status != 206:
+        return 0
+    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+    return offset if match is not None and int(match.group(1)) == offset else None
+
+
+def _validator(response: http.client.HTTPResponse) -> list[str]:
+    """A strong ETag or a Last-Modified date usable in If-Range (empty list if neither)."""
+    etag = response.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return [etag]
+    modified = response.headers.get("Last-Modified")
+    return [modified] if modified else []
+
+
+def _expected_total(response: http.client.HTTPResponse, offset: int) -> int | None:
+    """Full file size from Content-Length (plus ``offset`` when resuming), None if unknown."""
+    length = response.headers.get("Content-Length")
+    return offset + int(length) if length and length.isdigit() else None
+
+
+def _copy(response: http.client.HTTPResponse, tmp: Path, offset: int, total: int | None,
+          desc: str) -> None:
+    """Stream the body into ``tmp`` (appending after ``offset``), with a bar when size is known."""
+    with open(tmp, "r+b" if offset else "wb") as f, tqdm(
+            total=total, initial=offset, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+            disable=True if total is None else None) as bar:
+        f.seek(offset)
+        f.truncate()
+        while chunk := response.read(CHUNK):
+            f.write(chunk)
+            bar.update(len(chunk))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _verify(path: Path, entry: ZooEntry) -> None:
+    """Reject a file below the sanity size bound or with the wrong sha256."""
+    size = path.stat().st_size
+    if size < entry.min_size:
+        raise DownloadError(f"got only {size} bytes, expected at least {entry.min_size} "
+                            f"(likely an error page or a truncated file)")
+    if entry.sha256 is not None:
+        digest = _sha256(path)
+        if digest != entry.sha256.lower():
+            raise DownloadError(f"sha256 mismatch: got {digest}, expected {entry.sha256}")
+
+
+def _sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
