@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from models.dynamic import route_mask
+from utils.calibration import resolve_threshold
 from utils.checkpoints import load_checkpoint
 from utils.data_config import load_data_config
 from utils.datasets import create_dataloader
@@ -29,14 +30,20 @@ LOGGER = logging.getLogger("dydet.test")
 
 def run(data: str | Path, weights: str | Path | None = None, cfg: str | None = None, batch_size: int = 32,
         img_size: int = 640, conf_thres: float = 0.001, iou_thres: float = 0.65, task: str = "val",
-        device: str = "", dy_thres: float | None = None, save_json: bool = False, verbose: bool = False,
+        device: str = "", dy_thres: float | str | None = None, target_gflops: float | None = None,
+        target_latency: float | None = None, save_json: bool = False, verbose: bool = False,
         project: str | Path = "runs/test", name: str = "exp", exist_ok: bool = False, plots: bool = True,
         workers: int = 4, model: torch.nn.Module | None = None, dataloader=None, save_dir: Path | None = None,
-        names: list[str] | None = None, time_routed: bool = True, gflops: dict | None = None) -> dict:
-    """Score a model on split ``task`` of ``data``. Returns the metrics dict (see README)."""
+        names: list[str] | None = None, time_routed: bool = True, gflops: dict | None = None,
+        calibration: dict | None = None) -> dict:
+    """Score a model on split ``task`` of ``data``. Returns the metrics dict (see README).
+
+    For dynamic models the routing threshold is ``dy_thres`` (a number or 'pK' = K% hard from
+    the checkpoint's calibration), or chosen for ``target_gflops`` / ``target_latency`` (ms).
+    """
     if task not in ("val", "test", "speed"):
         raise ValueError(f"--task must be val, test or speed, not {task!r}")
-    model, names = _model(model, weights, cfg, device, names)
+    model, names, stored = _model(model, weights, cfg, device, names)
     save_dir = Path(save_dir) if save_dir else increment_path(Path(project) / name, exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
     if dataloader is None:
@@ -45,9 +52,14 @@ def run(data: str | Path, weights: str | Path | None = None, cfg: str | None = N
         stride = int(model.stride.max())
         dataloader, _ = create_dataloader(dcfg.split(split), img_size, batch_size, stride, rect=True,
                                           pad=0.5, workers=workers, prefix=f"{split}: ", nc=len(names))
-    threshold = model.threshold if dy_thres is None and model.is_dynamic else dy_thres
     if gflops is None:
         gflops = route_gflops_or_empty(model, img_size)
+    threshold = None
+    if model.is_dynamic:
+        threshold, how = resolve_threshold(dy_thres, calibration or stored, target_latency=target_latency,
+                                           target_gflops=target_gflops, gflops=gflops or None,
+                                           default=model.threshold)
+        LOGGER.info("routing: %s", how)
     results = _evaluate(model, names, dataloader, conf_thres, iou_thres, threshold, img_size, gflops,
                         task == "speed" or time_routed, save_dir if plots else None)
     _report(results, names, verbose)
@@ -58,13 +70,14 @@ def run(data: str | Path, weights: str | Path | None = None, cfg: str | None = N
     return results
 
 
-def _model(model, weights, cfg, device, names) -> tuple[torch.nn.Module, list[str]]:
+def _model(model, weights, cfg, device, names) -> tuple[torch.nn.Module, list[str], dict]:
+    """The model to score, its class names and its stored routing calibration."""
     if model is not None:
-        return model.eval(), list(names or model.names)
+        return model.eval(), list(names or model.names), {}
     if weights is None:
         raise ValueError("test.py needs --weights (or a model when called from Python)")
     model, info = load_checkpoint(weights, cfg=cfg, device=select_device(device))
-    return model.eval(), list(names or info.get("names") or model.names)
+    return model.eval(), list(names or info.get("names") or model.names), info.get("thresholds") or {}
 
 
 def _evaluate(model, names, loader, conf, iou, threshold, img_size, gflops, time_routed, plot_dir) -> dict:
@@ -192,7 +205,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iou-thres", type=float, default=0.65)
     p.add_argument("--task", default="val", choices=["val", "test", "speed"])
     p.add_argument("--device", default="", help="cpu, 0, 0,1 ... (default: CUDA 0 if available)")
-    p.add_argument("--dy-thres", type=float, default=None, help="routing threshold (dynamic models)")
+    p.add_argument("--dy-thres", default=None,
+                   help="routing threshold of dynamic models: a number in [0, 1], or pK = K%% hard images")
+    p.add_argument("--target-gflops", type=float, default=None, help="choose the threshold for this average cost")
+    p.add_argument("--target-latency", type=float, default=None, help="choose the threshold for this latency (ms)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--save-json", action="store_true", help="write COCO-format predictions.json")
     p.add_argument("--verbose", action="store_true", help="per-class results")

@@ -178,3 +178,27 @@ def test_yolov7_release_warm_starts_a_dynamic_model(demo: dict, tmp_path: Path) 
     for key in ("model_b.0.conv.weight", "model_b2.4.conv.weight"):  # both backbones start from the release
         got = ckpt["train_model"][key].flatten()
         assert torch.corrcoef(torch.stack([src, got]))[0, 1] > 0.9, key
+
+
+def test_test_py_dial_forms(demo: dict, tmp_path: Path) -> None:
+    from utils.calibration import calibration_record
+    from utils.checkpoints import save_checkpoint
+    from utils.data_config import load_data_config
+    from utils.datasets import create_dataloader
+    torch.manual_seed(0)
+    model = build_model("dy-yolov7-tiny", names=["circle", "square", "triangle", "cross"]).eval()
+    with torch.no_grad():
+        model.router.layer2.weight.mul_(200.0)  # spread φ over (0, 1)
+    loader, _ = create_dataloader(load_data_config(demo["data"]).val, 96, 4, 32, rect=True, pad=0.5, workers=0)
+    with torch.no_grad():
+        phi = torch.cat([model.difficulty(imgs.float() / 255) for imgs, *_ in loader])
+    calibrated = save_checkpoint(tmp_path / "cal.pt", model, names=model.names,
+                                 thresholds=calibration_record(phi.numpy()))
+    kw = dict(data=demo["data"], img_size=96, batch_size=4, workers=0, plots=False, project=tmp_path)
+    for spec, hard in (("p50", 4), ("p100", 8), ("p0", 0), ("1.0", 0)):
+        assert test_script.run(weights=calibrated, dy_thres=spec, name=spec, **kw)["dynamic"]["hard"] == hard
+    plain = save_checkpoint(tmp_path / "plain.pt", model, names=model.names)
+    with pytest.raises(ValueError, match="no routing calibration"):
+        test_script.run(weights=plain, dy_thres="p30", name="nocal", **kw)
+    with pytest.raises(ValueError):
+        test_script.run(weights=plain, dy_thres="fast", name="bad", **kw)
