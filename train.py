@@ -21,7 +21,7 @@ from utils.checkpoints import CheckpointError, load_checkpoint
 from utils.data_config import DataConfigError, load_data_config, load_hyp
 from utils.datasets import create_dataloader
 from utils.paths import increment_path
-from utils.torch_utils import DistInfo, de_parallel, device_for_rank, init_distributed, main_process_first, select_device
+from utils.torch_utils import DistInfo, de_parallel, distributed_run, main_process_first, merge_options
 from utils.trainer import Trainer, yaml_safe
 
 LOGGER = logging.getLogger("dydet.train")
@@ -59,22 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(**kwargs) -> dict:
     """Train with train.py's options given as keyword arguments; returns paths and final metrics."""
-    opt = parse_args([])
-    unknown = set(kwargs) - set(vars(opt))
-    if unknown:
-        raise TypeError(f"unknown train options: {sorted(unknown)}")
-    vars(opt).update(kwargs)
+    opt = merge_options(parse_args, kwargs, "train")
     resume_ckpt = None
     if opt.resume:
         opt, resume_ckpt = _resume_options(opt)
-    device = select_device(opt.device)
-    dist_info = init_distributed(device)
-    device = device_for_rank(device, dist_info)
-    try:
-        return _train(opt, device, dist_info, resume_ckpt)
-    finally:
-        if dist_info.rank >= 0 and dist.is_initialized():
-            dist.destroy_process_group()
+    return distributed_run(_train, opt, resume_ckpt)
 
 
 def _train(opt: argparse.Namespace, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:

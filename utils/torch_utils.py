@@ -1,13 +1,14 @@
 """Devices, distributed set-up, EMA and timing helpers shared by the scripts."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -111,3 +112,25 @@ def time_sync() -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter()
+
+
+def merge_options(parse_args: Callable[[list[str]], argparse.Namespace], kwargs: dict, script: str
+                  ) -> argparse.Namespace:
+    """A script's option namespace: its command-line defaults updated by keyword arguments."""
+    opt = parse_args([])
+    unknown = set(kwargs) - set(vars(opt))
+    if unknown:
+        raise TypeError(f"unknown {script} options: {sorted(unknown)}")
+    vars(opt).update(kwargs)
+    return opt
+
+
+def distributed_run(fn: Callable[..., Any], opt: argparse.Namespace, *args: Any) -> Any:
+    """``fn(opt, device, dist_info, *args)`` inside the torchrun process group (if any), torn down after."""
+    device = select_device(opt.device)
+    info = init_distributed(device)
+    try:
+        return fn(opt, device_for_rank(device, info), info, *args)
+    finally:
+        if info.rank >= 0 and dist.is_initialized():
+            dist.destroy_process_group()

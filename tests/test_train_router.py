@@ -1,0 +1,123 @@
+"""train_router.py end to end on a tiny generated dataset: freezing, batch independence, resume, errors."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_router
+from data.make_demo_data import make_demo_dataset
+from models.yolo import build_model
+from utils.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
+from utils.datasets import create_dataloader
+from utils.loss import ComputeLoss, scale_loss_gains
+from utils.router_loss import router_objective
+from utils.router_trainer import RouterTrainer, frozen_mode, route_batch, to_batch
+
+NAMES = ["circle", "square", "triangle", "cross"]
+IMG = 64
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory) -> dict[str, Path]:
+    """8 training / 4 validation images and an (untrained) stage-1 checkpoint with non-trivial BN stats."""
+    root = tmp_path_factory.mktemp("router")
+    data = make_demo_dataset(root / "demo", n_train=8, n_val=4, img_size=IMG, seed=0)
+    torch.manual_seed(0)
+    model = build_model("dy-yolov7-tiny", names=NAMES)
+    with torch.no_grad():
+        model.train()(torch.rand(4, 3, IMG, IMG))  # BN running statistics away from their init
+    plain = build_model("yolov7-tiny", names=NAMES)
+    return {"data": data, "weights": save_checkpoint(root / "stage1.pt", model, names=NAMES),
+            "plain": save_checkpoint(root / "plain.pt", plain, names=NAMES)}
+
+
+def _run(stage1: dict, tmp_path: Path, name: str, **kw) -> dict:
+    opts = dict(weights=str(stage1["weights"]), data=str(stage1["data"]), img_size=IMG, epochs=1, batch_size=4,
+                workers=0, device="cpu", project=str(tmp_path), name=name, lr=1e-3)
+    return train_router.run(**{**opts, **kw})
+
+
+def _epochs_logged(run_dir: Path) -> list[int]:
+    return [int(float(r["epoch"])) for r in csv.DictReader(open(run_dir / "results.csv"))]
+
+
+def test_per_image_losses_do_not_depend_on_the_batch(stage1: dict) -> None:
+    model, _ = load_checkpoint(stage1["weights"])
+    frozen_mode(model)
+    compute_loss = ComputeLoss(model, scale_loss_gains(train_router._hyp(train_router.parse_args([]), model),
+                                                      model.heads[0].nl, model.nc, IMG))
+    from utils.data_config import load_data_config
+    loader, _ = create_dataloader(load_data_config(stage1["data"]).train, IMG, 8, 32, workers=0)
+    imgs, targets = to_batch(*next(iter(loader))[:2], torch.device("cpu"))
+    batch = route_batch(model, model.router, imgs, targets, compute_loss)
+    singles = []
+    for i in range(len(imgs)):
+        t = targets[targets[:, 0] == i].clone()
+        t[:, 0] = 0
+        singles.append(route_batch(model, model.router, imgs[i:i + 1], t, compute_loss))
+    for k in ("phi", "l1", "l2"):
+        torch.testing.assert_close(getattr(batch, k), torch.cat([getattr(s, k) for s in singles]), rtol=1e-4, atol=1e-5)
+    delta = 0.01
+    whole = router_objective("adaptive", batch.phi, batch.l1, batch.l2, delta)
+    mean_single = torch.stack([router_objective("adaptive", s.phi, s.l1, s.l2, delta) for s in singles]).mean()
+    torch.testing.assert_close(whole, mean_single, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["adaptive", "random", "ap"])
+def test_only_the_router_learns(strategy: str, stage1: dict, tmp_path: Path) -> None:
+    before = read_checkpoint(stage1["weights"])["model"]
+    out = _run(stage1, tmp_path, strategy, strategy=strategy)
+    ckpt = read_checkpoint(out["last"])
+    after = ckpt["model"]
+    assert set(after) == set(before)
+    frozen = [k for k in before if not k.startswith("router.")]
+    changed = [k for k in frozen if not torch.equal(before[k], after[k])]
+    assert not changed, changed[:5]  # detectors and every BN statistic bit-identical
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("router."))
+    table = ckpt["thresholds"]["table"]
+    assert len(table) == 101 and table[0] == 1.0 and table[100] == 0.0
+    assert ckpt["thresholds"]["n_images"] == 4 and ckpt["meta"]["strategy"] == strategy
+    assert ckpt["delta"] == pytest.approx(out["delta"]) and ckpt["optimizer"]["state"]
+    assert out["best"].is_file() and read_checkpoint(out["best"])["thresholds"]["table"] == table
+    assert _epochs_logged(out["save_dir"]) == [0]
+
+
+def test_resume_an_interrupted_run(stage1: dict, tmp_path: Path, monkeypatch) -> None:
+    original = RouterTrainer._end_epoch
+
+    def end_then_die(self, *args):
+        original(self, *args)
+        raise KeyboardInterrupt  # killed right after saving epoch 0
+    monkeypatch.setattr(RouterTrainer, "_end_epoch", end_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(stage1, tmp_path, "killed", epochs=2)
+    monkeypatch.setattr(RouterTrainer, "_end_epoch", original)
+    last = tmp_path / "killed" / "weights" / "last.pt"
+    first = read_checkpoint(last)
+    assert first["epoch"] == 0
+
+    def no_second_offset_pass(*args, **kwargs):
+        raise AssertionError("a resumed run reuses the stored Δ")
+    monkeypatch.setattr(train_router, "offset_on", no_second_offset_pass)
+    out = train_router.run(resume=str(last))
+    ckpt = read_checkpoint(last)
+    assert ckpt["epoch"] == 1 and ckpt["delta"] == first["delta"] == out["delta"]
+    assert ckpt["optimizer"]["state"][0]["step"] > first["optimizer"]["state"][0]["step"]
+    assert _epochs_logged(tmp_path / "killed") == [0, 1]
+    with pytest.raises(ValueError, match="already finished"):
+        train_router.run(resume=str(last))
+
+
+def test_clear_errors(stage1: dict, tmp_path: Path, capsys) -> None:
+    with pytest.raises(ValueError, match="non-dynamic"):
+        _run(stage1, tmp_path, "plain", weights=str(stage1["plain"]))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        _run(stage1, tmp_path, "missing", weights=str(tmp_path / "none.pt"))
+    code = train_router.main(["--weights", str(tmp_path / "none.pt"), "--data", str(stage1["data"]),
+                              "--project", str(tmp_path)])
+    assert code == 1 and "none.pt not found" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="unknown train_router options"):
+        train_router.run(bogus=1)

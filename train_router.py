@@ -1,0 +1,140 @@
+"""Stage 2 of DynamicDet: train the router of a stage-1 dynamic model on its frozen detectors.
+
+    python train_router.py --weights runs/train/exp/weights/best.pt --data data/demo/demo.yaml --img-size 192
+    python train_router.py --weights dy-yolov7.pt --cfg dy-yolov7 --data coco.yaml     # official release
+    python train_router.py --weights best.pt --data pets.yaml --strategy random     # baseline (paper Fig. 7)
+    python train_router.py --resume runs/train_router/exp/weights/last.pt
+    torchrun --nproc_per_node 2 train_router.py --weights best.pt --data pets.yaml --device cpu
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from train import _hyp, _latest_run, _save_dir
+from utils.checkpoints import CheckpointError, load_checkpoint, read_checkpoint
+from utils.data_config import DataConfigError, load_data_config
+from utils.datasets import create_dataloader
+from utils.loss import ComputeLoss, scale_loss_gains
+from utils.router_loss import STRATEGIES
+from utils.router_trainer import RouterTrainer, offset_on
+from utils.torch_utils import DistInfo, distributed_run, main_process_first, merge_options
+
+LOGGER = logging.getLogger("dydet.train_router")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default="", help="stage-1 dynamic checkpoint (ours, or an official one with --cfg)")
+    p.add_argument("--cfg", default="", help="architecture of an official DynamicDet checkpoint")
+    p.add_argument("--data", default="", help="data YAML (YOLOv7 or Ultralytics form)")
+    p.add_argument("--hyp", default="", help="hyperparameter YAML for the loss gains (default: by model family)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8, help="total batch size over all processes")
+    p.add_argument("--img-size", type=int, default=640)
+    p.add_argument("--device", default="", help="cpu, 0, 0,1 ... (default: CUDA 0 if available)")
+    p.add_argument("--workers", type=int, default=8, help="dataloader workers per process")
+    p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (constant)")
+    p.add_argument("--weight-decay", type=float, default=5e-3, help="AdamW weight decay")
+    p.add_argument("--strategy", choices=STRATEGIES, default="adaptive",
+                   help="adaptive: Eq. 12 (paper); random, ap: baselines of paper Fig. 7")
+    p.add_argument("--project", default="runs/train_router")
+    p.add_argument("--name", default="exp")
+    p.add_argument("--exist-ok", action="store_true", help="reuse an existing run directory")
+    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume last.pt (or the latest run)")
+    p.add_argument("--seed", type=int, default=0, help="shuffling and the 'random' strategy's labels")
+    return p.parse_args(argv)
+
+
+def run(**kwargs) -> dict:
+    """Train the router with train_router.py's options as keyword arguments; returns paths and metrics."""
+    opt = merge_options(parse_args, kwargs, "train_router")
+    resume_ckpt = None
+    if opt.resume:
+        opt, resume_ckpt = _resume_options(opt)
+    return distributed_run(_train, opt, resume_ckpt)
+
+
+def _train(opt: argparse.Namespace, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:
+    torch.manual_seed(opt.seed + max(dist_info.rank, 0))
+    model, extra = _dynamic_model(opt, device, resume_ckpt)
+    data = load_data_config(opt.data)
+    if len(data.names) != model.nc:
+        raise ValueError(f"{opt.data} has {len(data.names)} classes, the model {model.nc}")
+    compute_loss = ComputeLoss(model, scale_loss_gains(_hyp(opt, model), model.heads[0].nl, model.nc, opt.img_size))
+    train_loader, val_loader = _loaders(opt, data, int(model.stride.max()), dist_info, model.nc)
+    save_dir = _save_dir(opt, dist_info)
+    delta = float(extra["delta"]) if "delta" in extra else offset_on(model, train_loader, compute_loss, device,
+                                                                     dist_info)
+    LOGGER.info("adaptive offset Δ = median(L1 - L2) = %.5g", delta)
+    trainer = RouterTrainer(model, opt, compute_loss, delta, train_loader, val_loader, save_dir, device, dist_info)
+    if resume_ckpt is not None:
+        trainer.restore(extra)
+    metrics = trainer.fit()
+    return {"save_dir": save_dir, "last": save_dir / "weights" / "last.pt", "best": save_dir / "weights" / "best.pt",
+            "delta": delta, "metrics": metrics}
+
+
+def _dynamic_model(opt: argparse.Namespace, device: torch.device, resume_ckpt: Path | None) -> tuple[torch.nn.Module, dict]:
+    """The stage-1 model from --weights (or the interrupted run's last.pt), checked to be dynamic."""
+    path = resume_ckpt or opt.weights
+    if not path:
+        raise ValueError("give --weights: a stage-1 checkpoint of a dynamic (dy-*) model")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--weights: checkpoint {path} not found")
+    model, info = load_checkpoint(path, cfg=opt.cfg or None, device=device)
+    if not getattr(model, "is_dynamic", False):
+        raise ValueError(f"{path} holds a plain (non-dynamic) detector; train_router.py needs a Dy model "
+                         "(a stage-1 checkpoint of a dy-* config)")
+    return model, info["extra"] if resume_ckpt is not None else {}
+
+
+def _loaders(opt, data, stride: int, dist_info: DistInfo, nc: int):
+    """Training images (shuffled, no augmentation: the router learns on the images it will see) and val."""
+    per_rank = max(opt.batch_size // dist_info.world_size, 1)
+    with main_process_first(dist_info):
+        train_loader, _ = create_dataloader(data.train, opt.img_size, per_rank, stride, augment=False,
+                                            workers=opt.workers, prefix="train: ", rank=dist_info.rank,
+                                            world_size=dist_info.world_size, shuffle=True, seed=opt.seed, nc=nc)
+    val_loader = None
+    if dist_info.is_main:
+        val_loader, _ = create_dataloader(data.val, opt.img_size, per_rank * 2, stride, workers=opt.workers,
+                                          prefix="val: ", nc=nc)
+    return train_loader, val_loader
+
+
+def _resume_options(opt: argparse.Namespace) -> tuple[argparse.Namespace, Path]:
+    """Options of the interrupted router run, and its last.pt."""
+    ckpt = Path(opt.resume) if isinstance(opt.resume, str) else _latest_run(Path(opt.project))
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"--resume: checkpoint {ckpt} not found")
+    extra = read_checkpoint(ckpt)
+    if not isinstance(extra, dict) or not {"delta", "optimizer", "train_opt"} <= set(extra):
+        raise CheckpointError(f"--resume: {ckpt} is not a train_router.py last.pt")
+    if int(extra["epoch"]) + 1 >= int(extra["train_opt"]["epochs"]):
+        raise ValueError(f"--resume: {ckpt} is from a run that already finished all its epochs")
+    resumed = argparse.Namespace(**{**vars(parse_args([])), **extra["train_opt"]})
+    resumed.resume, resumed.device = str(ckpt), opt.device or resumed.device
+    resumed.save_dir = str(ckpt.resolve().parents[1])
+    LOGGER.info("resuming %s from epoch %d", resumed.save_dir, int(extra["epoch"]) + 1)
+    return resumed, ckpt
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    opt = parse_args(argv)
+    try:
+        out = run(**vars(opt))
+    except (FileNotFoundError, ValueError, CheckpointError, DataConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"Results saved to {out['save_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
