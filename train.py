@@ -13,19 +13,17 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import yaml
 
 from models.yolo import build_model
 from utils.checkpoints import CheckpointError, load_checkpoint
-from utils.data_config import DataConfigError, load_data_config, load_hyp
+from utils.data_config import DataConfigError, hyp_for, load_data_config
 from utils.datasets import create_dataloader
-from utils.paths import increment_path
-from utils.torch_utils import DistInfo, de_parallel, distributed_run, main_process_first, merge_options
+from utils.paths import latest_checkpoint
+from utils.torch_utils import DistInfo, de_parallel, distributed_run, main_process_first, merge_options, shared_run_dir
 from utils.trainer import Trainer, yaml_safe
 
 LOGGER = logging.getLogger("dydet.train")
-REPO = Path(__file__).resolve().parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,11 +66,11 @@ def run(**kwargs) -> dict:
 
 def _train(opt: argparse.Namespace, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:
     torch.manual_seed(opt.seed + max(dist_info.rank, 0))
-    save_dir = _save_dir(opt, dist_info)
+    save_dir = shared_run_dir(opt, dist_info)
     data = load_data_config(opt.data)
     names = ["item"] if opt.single_cls else data.names
     model, extra = _model(opt, names, device, resume_ckpt)
-    hyp = extra.get("hyp") or _hyp(opt, model)
+    hyp = extra.get("hyp") or hyp_for(model, opt.hyp)
     hyp["label_smoothing"] = opt.label_smoothing
     _freeze(de_parallel(model), opt.freeze)
     if opt.sync_bn and dist_info.rank >= 0:
@@ -95,21 +93,9 @@ def _train(opt: argparse.Namespace, device: torch.device, dist_info: DistInfo, r
             "best": save_dir / "weights" / "best.pt", "metrics": metrics}
 
 
-def _save_dir(opt: argparse.Namespace, dist_info: DistInfo) -> Path:
-    """The run directory, decided on rank 0 and shared with the other processes."""
-    if getattr(opt, "save_dir", None):
-        return Path(opt.save_dir)
-    path = [str(increment_path(Path(opt.project) / opt.name, opt.exist_ok))] if dist_info.is_main else [None]
-    if dist_info.rank >= 0:
-        dist.broadcast_object_list(path, src=0)
-    opt.save_dir = path[0]
-    Path(path[0], "weights").mkdir(parents=True, exist_ok=True)
-    return Path(path[0])
-
-
 def _resume_options(opt: argparse.Namespace) -> tuple[argparse.Namespace, Path]:
     """Options of the interrupted run, and its last.pt."""
-    ckpt = Path(opt.resume) if isinstance(opt.resume, str) else _latest_run()
+    ckpt = Path(opt.resume) if isinstance(opt.resume, str) else latest_checkpoint(opt.project)
     if not ckpt.is_file():
         raise FileNotFoundError(f"--resume: checkpoint {ckpt} not found")
     from utils.checkpoints import read_checkpoint
@@ -123,13 +109,6 @@ def _resume_options(opt: argparse.Namespace) -> tuple[argparse.Namespace, Path]:
     resumed.save_dir = str(ckpt.resolve().parents[1])
     LOGGER.info("resuming %s from epoch %d", resumed.save_dir, int(extra["epoch"]) + 1)
     return resumed, ckpt
-
-
-def _latest_run(root: Path = Path("runs/train")) -> Path:
-    runs = sorted(root.glob("*/weights/last.pt"), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise FileNotFoundError(f"--resume: no runs/train/*/weights/last.pt found under {root.resolve()}")
-    return runs[-1]
 
 
 def _model(opt, names: list[str], device: torch.device, resume_ckpt: Path | None) -> tuple[torch.nn.Module, dict]:
@@ -149,14 +128,6 @@ def _model(opt, names: list[str], device: torch.device, resume_ckpt: Path | None
         LOGGER.info("transfer from %s: re-initialised %d class-dependent head tensors", opt.weights, len(reinit))
         model = fresh
     return model.to(device), {}
-
-
-def _hyp(opt, model) -> dict:
-    if opt.hyp:
-        return load_hyp(opt.hyp)
-    name = str(model.cfg.get("name", ""))
-    family = "tiny" if "tiny" in name else "p6" if model.heads[0].nl == 4 else "p5"
-    return load_hyp(REPO / "data" / f"hyp.scratch.{family}.yaml")
 
 
 def _freeze(model: torch.nn.Module, n: int) -> None:

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from train import _hyp, _latest_run, _save_dir
 from utils.checkpoints import CheckpointError, load_checkpoint, read_checkpoint
-from utils.data_config import DataConfigError, load_data_config
+from utils.data_config import DataConfigError, hyp_for, load_data_config
+from utils.paths import latest_checkpoint
 from utils.datasets import create_dataloader
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.router_loss import STRATEGIES
 from utils.router_trainer import RouterTrainer, offset_on
-from utils.torch_utils import DistInfo, distributed_run, main_process_first, merge_options
+from utils.torch_utils import DistInfo, distributed_run, main_process_first, merge_options, shared_run_dir
 
 LOGGER = logging.getLogger("dydet.train_router")
 
@@ -65,9 +65,9 @@ def _train(opt: argparse.Namespace, device: torch.device, dist_info: DistInfo, r
     data = load_data_config(opt.data)
     if len(data.names) != model.nc:
         raise ValueError(f"{opt.data} has {len(data.names)} classes, the model {model.nc}")
-    compute_loss = ComputeLoss(model, scale_loss_gains(_hyp(opt, model), model.heads[0].nl, model.nc, opt.img_size))
+    compute_loss = ComputeLoss(model, scale_loss_gains(hyp_for(model, opt.hyp), model.heads[0].nl, model.nc, opt.img_size))
     train_loader, val_loader = _loaders(opt, data, int(model.stride.max()), dist_info, model.nc)
-    save_dir = _save_dir(opt, dist_info)
+    save_dir = shared_run_dir(opt, dist_info)
     delta = float(extra["delta"]) if "delta" in extra else offset_on(model, train_loader, compute_loss, device,
                                                                      dist_info)
     LOGGER.info("adaptive offset Δ = median(L1 - L2) = %.5g", delta)
@@ -109,7 +109,7 @@ def _loaders(opt, data, stride: int, dist_info: DistInfo, nc: int):
 
 def _resume_options(opt: argparse.Namespace) -> tuple[argparse.Namespace, Path]:
     """Options of the interrupted router run, and its last.pt."""
-    ckpt = Path(opt.resume) if isinstance(opt.resume, str) else _latest_run(Path(opt.project))
+    ckpt = Path(opt.resume) if isinstance(opt.resume, str) else latest_checkpoint(opt.project)
     if not ckpt.is_file():
         raise FileNotFoundError(f"--resume: checkpoint {ckpt} not found")
     extra = read_checkpoint(ckpt)

@@ -35,3 +35,17 @@ def test_increment_path(tmp_path) -> None:
     (tmp_path / "exp2").mkdir()
     assert increment_path(tmp_path / "exp") == tmp_path / "exp3"
     assert increment_path(tmp_path / "exp", exist_ok=True) == tmp_path / "exp"
+
+
+def test_latest_checkpoint(tmp_path) -> None:
+    import os
+    import time as _time
+    from utils.paths import latest_checkpoint
+    with pytest.raises(FileNotFoundError, match="no \\*/weights/last.pt"):
+        latest_checkpoint(tmp_path)
+    for i, name in enumerate(("a", "b")):
+        w = tmp_path / name / "weights"
+        w.mkdir(parents=True)
+        (w / "last.pt").write_bytes(b"x")
+        os.utime(w / "last.pt", (_time.time() + i, _time.time() + i))
+    assert latest_checkpoint(tmp_path) == tmp_path / "b" / "weights" / "last.pt"

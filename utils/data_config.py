@@ -41,7 +41,7 @@ PathLike = Union[str, os.PathLike]
 
 __all__ = [
     "DataConfig", "DataConfigError", "IMG_SUFFIXES", "load_data_config", "parse_data_dict",
-    "parse_names", "find_images", "image_to_label_path", "sources_digest", "load_hyp",
+    "parse_names", "find_images", "image_to_label_path", "sources_digest", "load_hyp", "hyp_for",
 ]
 
 
@@ -238,3 +238,12 @@ def load_hyp(file: PathLike) -> dict[str, int | float]:
     if bad:
         raise DataConfigError(f"{file}: non-numeric hyperparameters: {bad}")
     return {str(k): v for k, v in hyp.items()}
+
+
+def hyp_for(model: Any, hyp_file: PathLike | None = None) -> dict[str, int | float]:
+    """``hyp_file`` if given, else the scratch recipe of the model's family (tiny, P6 or P5)."""
+    if hyp_file:
+        return load_hyp(hyp_file)
+    name = str(model.cfg.get("name", ""))
+    family = "tiny" if "tiny" in name else "p6" if model.heads[0].nl == 4 else "p5"
+    return load_hyp(Path(__file__).resolve().parents[1] / "data" / f"hyp.scratch.{family}.yaml")

@@ -8,6 +8,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -134,3 +135,16 @@ def distributed_run(fn: Callable[..., Any], opt: argparse.Namespace, *args: Any)
     finally:
         if info.rank >= 0 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def shared_run_dir(opt: argparse.Namespace, info: DistInfo) -> Path:
+    """``opt.save_dir`` or the next free ``project/name``, decided on rank 0 and shared with all ranks."""
+    from utils.paths import increment_path
+    if getattr(opt, "save_dir", None):
+        return Path(opt.save_dir)
+    path = [str(increment_path(Path(opt.project) / opt.name, opt.exist_ok))] if info.is_main else [None]
+    if info.rank >= 0:
+        dist.broadcast_object_list(path, src=0)
+    opt.save_dir = path[0]
+    Path(path[0], "weights").mkdir(parents=True, exist_ok=True)
+    return Path(path[0])
