@@ -47,9 +47,8 @@ def _epochs_logged(run_dir: Path) -> list[int]:
 def test_per_image_losses_do_not_depend_on_the_batch(stage1: dict) -> None:
     model, _ = load_checkpoint(stage1["weights"])
     frozen_mode(model)
-    compute_loss = ComputeLoss(model, scale_loss_gains(train_router._hyp(train_router.parse_args([]), model),
-                                                      model.heads[0].nl, model.nc, IMG))
-    from utils.data_config import load_data_config
+    from utils.data_config import hyp_for, load_data_config
+    compute_loss = ComputeLoss(model, scale_loss_gains(hyp_for(model), model.heads[0].nl, model.nc, IMG))
     loader, _ = create_dataloader(load_data_config(stage1["data"]).train, IMG, 8, 32, workers=0)
     imgs, targets = to_batch(*next(iter(loader))[:2], torch.device("cpu"))
     batch = route_batch(model, model.router, imgs, targets, compute_loss)
