@@ -202,3 +202,20 @@ def test_test_py_dial_forms(demo: dict, tmp_path: Path) -> None:
         test_script.run(weights=plain, dy_thres="p30", name="nocal", **kw)
     with pytest.raises(ValueError):
         test_script.run(weights=plain, dy_thres="fast", name="bad", **kw)
+
+
+def test_remaining_flags_in_one_short_run(demo: dict, tmp_path: Path) -> None:
+    out = train.run(cfg="dy-yolov7-tiny", data=str(demo["data"]), hyp=str(demo["hyp"]), img_size=64, epochs=2,
+                    batch_size=8, workers=0, device="cpu", project=str(tmp_path), name="flags", plots=False,
+                    cache="ram", single_cls=True, freeze=3, adam=True, save_period=1, sync_bn=True)
+    d = out["save_dir"] / "weights"
+    assert (d / "epoch0.pt").is_file() and (d / "epoch1.pt").is_file()
+    ckpt = read_checkpoint(d / "last.pt")
+    assert ckpt["names"] == ["item"] and ckpt["cfg"]["nc"] == 1
+    assert ckpt["optimizer"]["param_groups"][0].get("betas") is not None  # AdamW
+    torch.manual_seed(0)  # train.run seeds with --seed 0 right before building the model
+    first = build_model("dy-yolov7-tiny", nc=1).state_dict()
+    for key in ("model_b.0.conv.weight", "model_b2.4.conv.weight", "router.layer1.weight"):
+        # frozen layers and the stage-1 router keep their initial values (seeded build)
+        torch.testing.assert_close(ckpt["train_model"][key], first[key])
+    assert not torch.equal(ckpt["train_model"]["model_b.5.conv.weight"], first["model_b.5.conv.weight"])
