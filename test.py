@@ -35,11 +35,13 @@ def run(data: str | Path, weights: str | Path | None = None, cfg: str | None = N
         project: str | Path = "runs/test", name: str = "exp", exist_ok: bool = False, plots: bool = True,
         workers: int = 4, model: torch.nn.Module | None = None, dataloader=None, save_dir: Path | None = None,
         names: list[str] | None = None, time_routed: bool = True, gflops: dict | None = None,
-        calibration: dict | None = None) -> dict:
+        calibration: dict | None = None, dy_sweep: bool = False) -> dict:
     """Score a model on split ``task`` of ``data``. Returns the metrics dict (see README).
 
     For dynamic models the routing threshold is ``dy_thres`` (a number or 'pK' = K% hard from
     the checkpoint's calibration), or chosen for ``target_gflops`` / ``target_latency`` (ms).
+    ``dy_sweep`` also scores every hard fraction 0, 10, ..., 100% from the same pass (sweep.csv,
+    plots, AUC-Policy of router vs random routing).
     """
     if task not in ("val", "test", "speed"):
         raise ValueError(f"--task must be val, test or speed, not {task!r}")
@@ -54,14 +56,21 @@ def run(data: str | Path, weights: str | Path | None = None, cfg: str | None = N
                                           pad=0.5, workers=workers, prefix=f"{split}: ", nc=len(names))
     if gflops is None:
         gflops = route_gflops_or_empty(model, img_size)
-    threshold = None
+    threshold, calibration = None, calibration or stored
+    if dy_sweep and not model.is_dynamic:
+        raise ValueError("--dy-sweep needs a dynamic model (dy-* config)")
     if model.is_dynamic:
-        threshold, how = resolve_threshold(dy_thres, calibration or stored, target_latency=target_latency,
+        latency = _route_latency(model, img_size) if _needs_latency(calibration, target_latency) else None
+        threshold, how = resolve_threshold(dy_thres, calibration, target_latency=target_latency,
                                            target_gflops=target_gflops, gflops=gflops or None,
-                                           default=model.threshold)
+                                           latencies=latency, default=model.threshold)
         LOGGER.info("routing: %s", how)
     results = _evaluate(model, names, dataloader, conf_thres, iou_thres, threshold, img_size, gflops,
                         task == "speed" or time_routed, save_dir if plots else None)
+    extras = {k: results.pop(k) for k in ("_streams", "_phi", "_paths")}
+    if model.is_dynamic:
+        results["dynamic"].update(_routing_analysis(model, extras, calibration, threshold, img_size, gflops,
+                                                    dy_sweep, save_dir, plots))
     _report(results, names, verbose)
     if save_json:
         _save_json(results.pop("_preds"), save_dir / "predictions.json")
@@ -85,8 +94,8 @@ def _evaluate(model, names, loader, conf, iou, threshold, img_size, gflops, time
     streams = {"all": DetectionStats(names)}
     if model.is_dynamic:
         streams.update(detector1=DetectionStats(names), detector2=DetectionStats(names))
-    timing, routes, pixels = np.zeros(3), [], []
-    n_images, preds_json = 0, []
+    timing, routes, phis, pixels = np.zeros(3), [], [], []
+    n_images, preds_json, all_paths = 0, [], []
     for b, (imgs, labels, paths, shapes) in enumerate(tqdm(loader, desc="test", leave=False)):
         hw = tuple(imgs.shape[2:])
         batch = _predict(predictor, imgs, threshold, time_routed)
@@ -101,11 +110,15 @@ def _evaluate(model, names, loader, conf, iou, threshold, img_size, gflops, time
                     preds_json.append((paths[i], det.cpu().numpy()))
         if batch["routed"].hard is not None:
             routes.append(batch["routed"].hard.cpu())
+            phis.append(batch["routed"].phi.float().cpu())
+        all_paths.extend(paths)
         pixels.append(hw[0] * hw[1] * len(paths))
         n_images += len(paths)
         if plot_dir is not None and b < 3:
             _plot_batch(imgs, labels, paths, batch["routed"].dets, names, plot_dir, b)
-    return _summarise(streams, timing, n_images, routes, gflops, pixels, img_size, plot_dir, preds_json)
+    out = _summarise(streams, timing, n_images, routes, gflops, pixels, img_size, plot_dir, preds_json)
+    phi = torch.cat(phis).numpy() if phis else None
+    return {**out, "_streams": streams, "_phi": phi, "_paths": all_paths}
 
 
 def _predict(predictor: Predictor, imgs, threshold, time_routed) -> dict[str, BatchPrediction]:
@@ -119,6 +132,42 @@ def _predict(predictor: Predictor, imgs, threshold, time_routed) -> dict[str, Ba
     merged = [d2.dets[i] if hard[i] else d1.dets[i] for i in range(len(hard))]
     all_ = BatchPrediction(merged, d1.phi, hard, routed.times if routed else d1.times)
     return {"routed": all_, "all": all_, "detector1": d1, "detector2": d2}
+
+
+def _needs_latency(calibration: dict | None, target_latency: float | None) -> bool:
+    """A latency target without stored route latencies: measure them on this machine."""
+    return target_latency is not None and not (calibration or {}).get("latency_ms")
+
+
+def _route_latency(model, img_size: int) -> dict[str, float]:
+    from utils.flops import fused_copy
+    from utils.latency import route_latency
+    latency = route_latency(fused_copy(model), img_size)
+    LOGGER.info("measured route latencies at %d px: easy %.1f ms, hard %.1f ms", img_size,
+                latency["easy"], latency["hard"])
+    return latency
+
+
+def _routing_analysis(model, extras, calibration, threshold, img_size, gflops, dy_sweep, save_dir, plots) -> dict:
+    """φ histogram and gallery, threshold stability and (``dy_sweep``) the accuracy-speed sweep."""
+    from utils import routing_report, sweep
+    phi, out = extras["_phi"], {}
+    if phi is None or not len(phi):
+        return out
+    if plots:
+        routing_report.plot_phi_histogram(phi, save_dir / "phi_histogram.png", threshold)
+        routing_report.plot_phi_gallery(phi, extras["_paths"], save_dir / "phi_gallery.jpg")
+    report = routing_report.stability(calibration, phi)
+    if report:
+        out["stability"] = report
+        print(routing_report.format_stability(report))
+    if dy_sweep:
+        s = extras["_streams"]
+        data = sweep.SweepData(list(s["all"].names), s["all"].gts, s["detector1"].preds, s["detector2"].preds,
+                               phi, s["all"].sizes)
+        out["sweep"] = sweep.run_sweep(data, save_dir, gflops or None, _route_latency(model, img_size), plots=plots)
+        print(sweep.format_sweep(out["sweep"]))
+    return out
 
 
 def route_gflops_or_empty(model, img_size: int) -> dict[str, float]:
@@ -209,6 +258,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="routing threshold of dynamic models: a number in [0, 1], or pK = K%% hard images")
     p.add_argument("--target-gflops", type=float, default=None, help="choose the threshold for this average cost")
     p.add_argument("--target-latency", type=float, default=None, help="choose the threshold for this latency (ms)")
+    p.add_argument("--dy-sweep", action="store_true",
+                   help="dynamic models: score every hard fraction 0..100%% from one pass (sweep.csv, plots)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--save-json", action="store_true", help="write COCO-format predictions.json")
     p.add_argument("--verbose", action="store_true", help="per-class results")

@@ -111,8 +111,8 @@ def _coco_dets(preds: Sequence[np.ndarray]) -> list[dict[str, Any]]:
     return dets
 
 
-def _run_cocoeval(gt: dict[str, list], dets: list[dict], max_dets: int, verbose: bool):
-    """Evaluate, accumulate and summarise with COCOeval; its chatter goes to a discarded buffer."""
+def _matched_cocoeval(gt: dict[str, list], dets: list[dict], max_dets: int):
+    """COCOeval after ``evaluate()`` (per image and category matches); chatter discarded."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -123,6 +123,12 @@ def _run_cocoeval(gt: dict[str, list], dets: list[dict], max_dets: int, verbose:
         evaluator = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
         evaluator.params.maxDets = [1, 10, max_dets]
         evaluator.evaluate()
+    return evaluator
+
+
+def summarize_cocoeval(evaluator, verbose: bool = False):
+    """Accumulate and summarise an evaluated COCOeval (in place); returns it."""
+    with contextlib.redirect_stdout(io.StringIO()):
         evaluator.accumulate()
     summary = io.StringIO()
     with contextlib.redirect_stdout(summary):
@@ -130,6 +136,28 @@ def _run_cocoeval(gt: dict[str, list], dets: list[dict], max_dets: int, verbose:
     if verbose:
         print(summary.getvalue(), end="")
     return evaluator
+
+
+def coco_matches(gts: Sequence[ArrayLike], preds: Sequence[ArrayLike], names: Names,
+                 image_sizes: Sequence[tuple[int, int]] | None = None, max_dets: int = 100):
+    """COCOeval with per-image matches done (``evaluate()``), before accumulation.
+
+    Its ``evalImgs`` are ordered by category, area range, then image (in input order), which
+    lets callers mix per-image results of several prediction sets (see utils/sweep.py). None
+    when there are no detections or no ground truth (pycocotools cannot load those).
+    """
+    names = names_list(names)
+    gts = [_as_rows(g, 5) for g in gts]
+    dets = _coco_dets([_as_rows(p, 6) for p in preds])
+    if not dets or not sum(len(g) for g in gts):
+        return None
+    return _matched_cocoeval(_coco_gt_dict(gts, names, image_sizes), dets, max_dets)
+
+
+def coco_stats(evaluator) -> dict[str, float]:
+    """mAP@.5 and mAP@.5:.95 of a summarised COCOeval (-1, i.e. undefined, becomes 0)."""
+    stats = [max(float(s), 0.0) for s in evaluator.stats]
+    return {"map50": stats[1], "map": stats[0], "stats": stats}
 
 
 def _per_class_from_precision(evaluator, n_gt: np.ndarray) -> dict[int, dict[str, float]]:
@@ -179,15 +207,13 @@ def coco_evaluate(gts: Sequence[ArrayLike], preds: Sequence[ArrayLike], names: N
         raise ValueError(f"ground-truth class ids must be in [0, {len(names)}), "
                          f"got {gt_cls.min()}..{gt_cls.max()}")
     n_gt = np.bincount(gt_cls, minlength=len(names))
-    dets = _coco_dets(preds)
-    if not dets or not gt_cls.size:  # pycocotools cannot load an empty result list
+    evaluator = coco_matches(gts, preds, names, image_sizes, max_dets)
+    if evaluator is None:  # no detections or no ground truth
         per_class = {int(c): {"ap50": 0.0, "ap": 0.0, "n_gt": int(n)}
                      for c, n in enumerate(n_gt) if n}
         return {"map50": 0.0, "map": 0.0, "per_class": per_class, "stats": [0.0] * 12}
-    evaluator = _run_cocoeval(_coco_gt_dict(gts, names, image_sizes), dets, max_dets, verbose)
-    stats = [max(float(s), 0.0) for s in evaluator.stats]  # -1 means "undefined" -> 0
-    return {"map50": stats[1], "map": stats[0],
-            "per_class": _per_class_from_precision(evaluator, n_gt), "stats": stats}
+    evaluator = summarize_cocoeval(evaluator, verbose)
+    return {**coco_stats(evaluator), "per_class": _per_class_from_precision(evaluator, n_gt)}
 
 
 def coco_json_predictions(preds: Sequence[ArrayLike], image_ids: Sequence[Any],
