@@ -76,3 +76,21 @@ def make_dataset(root: Path, n: int = 6, nc: int = 3) -> Path:
             lines.append(f"{int(rng.integers(0, nc))} {cx:.4f} {cy:.4f} {w:.4f} {h:.4f}")
         write_sample(root, f"im{i}", sizes[i % len(sizes)], "\n".join(lines) + "\n")
     return root / "images"
+
+
+def write_video(path: Path, n_frames: int = 4, hw: tuple[int, int] = (32, 48), fps: float = 10.0) -> Path:
+    """A small MJPG .avi whose frames get brighter one by one."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (hw[1], hw[0]))
+    for i in range(n_frames):
+        writer.write(np.full((*hw, 3), 40 + 40 * i, np.uint8))
+    writer.release()
+    return path
+
+
+def tiny_checkpoint(path: Path, cfg: str = "dy-yolov7-tiny", nc: int = 3, thresholds: dict | None = None) -> Path:
+    """A randomly initialised model saved as a dydet-v1 checkpoint (class names a, b, c, ...)."""
+    from models.yolo import build_model
+    from utils.checkpoints import save_checkpoint
+
+    names = [chr(ord("a") + i) for i in range(nc)]
+    return save_checkpoint(path, build_model(cfg, nc=nc, names=names), names=names, thresholds=thresholds)

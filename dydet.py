@@ -1,0 +1,160 @@
+"""Python API: load a detector once, predict on files, folders, videos, streams or arrays.
+
+    from dydet import DyDet
+
+    model = DyDet("weights/demo-dy-yolov7-tiny.pt")
+    for r in model.predict("images/", img_size=640, dy_thres="p30"):
+        print(r)                       # Result('images/a.jpg'; 3 boxes (2 circle, 1 cross); hard φ=0.81; ...)
+        r.save(f"out/{Path(r.path).name}")
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from utils.backends import load_model
+from utils.calibration import resolve_threshold
+from utils.evaluator import to_original
+from utils.predictor import BatchPrediction, Predictor
+from utils.results import Result
+from utils.sources import Batch, as_source, iter_batches
+
+LOGGER = logging.getLogger("dydet")
+
+__all__ = ["DyDet"]
+
+
+class DyDet:
+    """A loaded detector (ours, an official release, a zoo name or an ``.onnx`` export).
+
+    ``threshold`` is the routing threshold of dynamic models (an image is hard when φ >
+    threshold); assign a number or 'pK' (K% hard, from the checkpoint's calibration).
+    """
+
+    def __init__(self, weights: str | Path, cfg: str | None = None, device: str = "", fuse: bool = True) -> None:
+        self.model, self.info = load_model(weights, cfg=cfg, device=device)
+        if isinstance(self.model, torch.nn.Module):
+            self.model.eval()
+            if fuse and hasattr(self.model, "fuse") and not getattr(self.model, "fused", False):
+                self.model.fuse()
+        self._threshold = float(getattr(self.model, "threshold", 0.5)) if self.is_dynamic else None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.info.get("names") or self.model.names)
+
+    @property
+    def is_dynamic(self) -> bool:
+        return bool(getattr(self.model, "is_dynamic", False))
+
+    @property
+    def stride(self) -> int:
+        stride = getattr(self.model, "stride", None)
+        return int(stride.max()) if stride is not None else 32
+
+    @property
+    def calibration(self) -> dict:
+        """The checkpoint's routing calibration (threshold table and route costs), maybe empty."""
+        return dict(self.info.get("thresholds") or {})
+
+    @property
+    def threshold(self) -> float | None:
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float | str) -> None:
+        self.set_threshold(value)
+
+    def set_threshold(self, spec: float | str | None = None, *, target_latency: float | None = None,
+                      target_gflops: float | None = None, img_size: int = 640) -> str:
+        """Choose the routing threshold from a number, 'pK', or a latency (ms) / GFLOPs target.
+
+        Returns a description of the choice. Plain models have no route: a request is ignored.
+        """
+        threshold, how = self._resolve(spec, target_latency, target_gflops, img_size)
+        if threshold is not None:
+            self._threshold = threshold
+        return how
+
+    def _resolve(self, spec, target_latency=None, target_gflops=None, img_size=640) -> tuple[float | None, str]:
+        if not self.is_dynamic:
+            if any(v is not None for v in (spec, target_latency, target_gflops)):
+                LOGGER.warning("plain model: the routing threshold is ignored")
+            return None, "plain model (no routing)"
+        gflops = self._route_gflops(img_size) if target_gflops is not None else None
+        return resolve_threshold(spec, self.calibration, target_latency=target_latency,
+                                 target_gflops=target_gflops, gflops=gflops, default=self._threshold)
+
+    def _route_gflops(self, img_size: int) -> dict[str, float] | None:
+        """Measured easy/hard GFLOPs at ``img_size`` (None: use the calibration's stored ones)."""
+        if not isinstance(self.model, torch.nn.Module):
+            return None
+        from utils.flops import route_gflops
+        try:
+            return route_gflops(self.model, img_size)
+        except (RuntimeError, ValueError, TypeError, ImportError) as e:  # the stored costs may still do
+            LOGGER.warning("GFLOPs not measured: %s", e)
+            return None
+
+    def stream(self, source: Any, img_size: int = 640, conf: float = 0.25, iou: float = 0.45,
+               dy_thres: float | str | None = None, batch_size: int = 1, classes: Sequence[int] | None = None,
+               agnostic: bool = False, max_det: int = 300) -> Iterator[Result]:
+        """Yield one :class:`Result` per image or frame of ``source`` as it is processed (see
+        :meth:`predict`); the way to consume webcams and streams, which never end by themselves."""
+        threshold = self._threshold if dy_thres is None else self._resolve(dy_thres)[0]
+        predictor = Predictor(self.model, conf, iou, classes, agnostic, max_det)
+        size, shape = self._input_size(img_size)
+        for batch in iter_batches(as_source(source), batch_size, size, self.stride, shape):
+            yield from batch_results(batch, predictor(batch.imgs, threshold), self.names)
+
+    def predict(self, source: Any, img_size: int = 640, conf: float = 0.25, iou: float = 0.45,
+                dy_thres: float | str | None = None, batch_size: int = 1, classes: Sequence[int] | None = None,
+                agnostic: bool = False, max_det: int = 300) -> list[Result]:
+        """Detect objects in ``source``: a path, folder, glob, ``.txt`` list, video, webcam index or
+        stream URL; a list of paths; or numpy BGR arrays / PIL images (one or a list).
+
+        ``dy_thres`` (number or 'pK') overrides :attr:`threshold` for this call only.
+        """
+        return list(self.stream(source, img_size, conf, iou, dy_thres, batch_size, classes, agnostic, max_det))
+
+    __call__ = predict
+
+    def _input_size(self, img_size: int) -> tuple[int, tuple[int, int] | None]:
+        """(long side rounded up to a stride multiple, fixed (h, w) of an export or None)."""
+        fixed = getattr(self.model, "img_size", None)
+        if fixed is not None and not isinstance(self.model, torch.nn.Module):
+            shape = (int(fixed[0]), int(fixed[1]))
+            if img_size != max(shape):
+                LOGGER.info("this export takes %dx%d inputs; images are fitted to that size", *shape)
+            return max(shape), shape
+        size = max(self.stride, math.ceil(img_size / self.stride) * self.stride)
+        if size != img_size:
+            LOGGER.warning("image size %d is not a multiple of the stride %d; using %d", img_size, self.stride, size)
+        return size, None
+
+    def __repr__(self) -> str:
+        kind = f"dynamic, threshold {self._threshold:.4g}" if self.is_dynamic else "plain"
+        return f"DyDet({self.info.get('path', '?')!r}, {len(self.names)} classes, {kind})"
+
+
+def batch_results(batch: Batch, pred: BatchPrediction, names: list[str]) -> list[Result]:
+    """:class:`Result` per image of a batch: boxes mapped back to the original images.
+
+    Each image is charged an equal share of the batch's times (exact at batch size 1).
+    """
+    hw = tuple(batch.imgs.shape[2:])
+    timing = {k: v / len(batch.frames) for k, v in pred.times.items()}
+    results = []
+    for i, (frame, ratio_pad) in enumerate(zip(batch.frames, batch.ratio_pads)):
+        det = pred.dets[i].detach().float().cpu()
+        boxes = to_original(det[:, :4], hw, (frame.img.shape[:2], ratio_pad))
+        route = None if pred.hard is None else ("hard" if bool(pred.hard[i]) else "easy")
+        phi = None if pred.phi is None else float(pred.phi[i])
+        results.append(Result(frame.path, frame.img, boxes.numpy(), det[:, 4].numpy(), det[:, 5].numpy(),
+                              names, route, phi, dict(timing), frame.index, frame.fps))
+    return results
