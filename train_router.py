@@ -4,6 +4,7 @@
     python train_router.py --weights dy-yolov7.pt --cfg dy-yolov7 --data coco.yaml     # official release
     python train_router.py --weights best.pt --data pets.yaml --strategy random     # baseline (paper Fig. 7)
     python train_router.py --resume runs/train_router/exp/weights/last.pt
+    python train_router.py --weights best.pt --data pets.yaml --img-size 640 --calibrate   # only re-calibrate
     torchrun --nproc_per_node 2 train_router.py --weights best.pt --data pets.yaml --device cpu
 """
 from __future__ import annotations
@@ -15,14 +16,28 @@ from pathlib import Path
 
 import torch
 
-from utils.checkpoints import CheckpointError, load_checkpoint, read_checkpoint
+from utils.calibration import calibration_record
+from utils.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from utils.data_config import DataConfigError, hyp_for, load_data_config
-from utils.paths import latest_checkpoint
 from utils.datasets import create_dataloader
+from utils.latency import route_costs
 from utils.loss import ComputeLoss, scale_loss_gains
+from utils.paths import increment_path, latest_checkpoint
 from utils.router_loss import STRATEGIES
-from utils.router_trainer import RouterTrainer, offset_on
-from utils.torch_utils import DistInfo, distributed_run, main_process_first, merge_options, shared_run_dir
+from utils.router_trainer import RouterTrainer, difficulty_scores, offset_on
+from utils.torch_utils import (
+    DistInfo,
+    distributed_run,
+    main_process_first,
+    merge_options,
+    select_device,
+    shared_run_dir,
+)
 
 LOGGER = logging.getLogger("dydet.train_router")
 
@@ -47,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--exist-ok", action="store_true", help="reuse an existing run directory")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume last.pt (or the latest run)")
     p.add_argument("--seed", type=int, default=0, help="shuffling and the 'random' strategy's labels")
+    p.add_argument("--calibrate", action="store_true",
+                   help="no training: measure φ on the val images and the route costs on this machine, and "
+                        "write <run>/weights/calibrated.pt (the input file is never modified)")
     return p.parse_args(argv)
 
 
@@ -54,6 +72,8 @@ def run(**kwargs) -> dict:
     """Train the router with train_router.py's options as keyword arguments; returns paths and metrics."""
     opt = merge_options(parse_args, kwargs, "train_router")
     resume_ckpt = None
+    if opt.calibrate:
+        return calibrate(opt)
     if opt.resume:
         opt, resume_ckpt = _resume_options(opt)
     return distributed_run(_train, opt, resume_ckpt)
@@ -77,6 +97,24 @@ def _train(opt: argparse.Namespace, device: torch.device, dist_info: DistInfo, r
     metrics = trainer.fit()
     return {"save_dir": save_dir, "last": save_dir / "weights" / "last.pt", "best": save_dir / "weights" / "best.pt",
             "delta": delta, "metrics": metrics}
+
+
+def calibrate(opt: argparse.Namespace) -> dict:
+    """Routing calibration of --weights on --data's val split, saved as a new checkpoint."""
+    device = select_device(opt.device)
+    model, _ = _dynamic_model(opt, device, None)
+    data = load_data_config(opt.data, require=("val",))
+    loader, _ = create_dataloader(data.val, opt.img_size, opt.batch_size, int(model.stride.max()),
+                                  workers=opt.workers, prefix="val: ", nc=model.nc)
+    phi = difficulty_scores(model, loader, device, "val φ")
+    calib = calibration_record(phi, img_size=opt.img_size, **route_costs(model, opt.img_size))
+    save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
+    out = save_dir / "weights" / "calibrated.pt"
+    meta = {"stage": "calibrated", "calibrated_from": str(opt.weights), "calibration_data": str(opt.data)}
+    save_checkpoint(out, model, names=model.names, thresholds=calib, meta=meta)
+    LOGGER.info("calibration on %d images (route latencies easy %.1f ms, hard %.1f ms) saved to %s",
+                len(phi), calib["latency_ms"]["easy"], calib["latency_ms"]["hard"], out)
+    return {"save_dir": save_dir, "calibrated": out, "thresholds": calib}
 
 
 def _dynamic_model(opt: argparse.Namespace, device: torch.device, resume_ckpt: Path | None) -> tuple[torch.nn.Module, dict]:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,6 +82,9 @@ def test_only_the_router_learns(strategy: str, stage1: dict, tmp_path: Path) -> 
     table = ckpt["thresholds"]["table"]
     assert len(table) == 101 and table[0] == 1.0 and table[100] == 0.0
     assert ckpt["thresholds"]["n_images"] == 4 and ckpt["meta"]["strategy"] == strategy
+    costs = ckpt["thresholds"]
+    assert 0 < costs["latency_ms"]["easy"] < costs["latency_ms"]["hard"] * 1.5  # measured here; noisy
+    assert 0 < costs["gflops"]["easy"] < costs["gflops"]["hard"]
     assert ckpt["delta"] == pytest.approx(out["delta"]) and ckpt["optimizer"]["state"]
     assert out["best"].is_file() and read_checkpoint(out["best"])["thresholds"]["table"] == table
     assert _epochs_logged(out["save_dir"]) == [0]
@@ -120,3 +126,36 @@ def test_clear_errors(stage1: dict, tmp_path: Path, capsys) -> None:
     assert code == 1 and "none.pt not found" in capsys.readouterr().err
     with pytest.raises(TypeError, match="unknown train_router options"):
         train_router.run(bogus=1)
+
+
+def test_calibrate_only_writes_a_new_checkpoint(stage1: dict, tmp_path: Path) -> None:
+    before = stage1["weights"].read_bytes()
+    out = _run(stage1, tmp_path, "calib", calibrate=True)
+    assert stage1["weights"].read_bytes() == before  # the input is never modified
+    ckpt = read_checkpoint(out["calibrated"])
+    calib = ckpt["thresholds"]
+    assert calib["n_images"] == 4 and calib["img_size"] == IMG and len(calib["table"]) == 101
+    assert set(calib["latency_ms"]) == {"easy", "hard"} and calib["gflops"]["hard"] > calib["gflops"]["easy"]
+    model, _ = load_checkpoint(out["calibrated"])
+    from utils.calibration import resolve_threshold
+    thr, _ = resolve_threshold(None, calib, target_latency=calib["latency_ms"]["hard"] + 1)
+    assert thr == 0.0  # a budget above the hard route: every image hard
+    with pytest.raises(ValueError, match="below the easy route"):
+        resolve_threshold(None, calib, target_latency=calib["latency_ms"]["easy"] / 2)
+
+
+def test_two_process_router_training_with_torchrun(stage1: dict, tmp_path: Path) -> None:
+    repo = Path(train_router.__file__).resolve().parent
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train_router.py",
+           "--weights", str(stage1["weights"]), "--data", str(stage1["data"]), "--img-size", str(IMG),
+           "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--project", str(tmp_path),
+           "--name", "ddp", "--lr", "1e-3"]
+    res = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"], "both ranks must share one run directory"
+    ckpt = read_checkpoint(tmp_path / "ddp" / "weights" / "last.pt")
+    before = read_checkpoint(stage1["weights"])["model"]
+    assert any(not torch.equal(before[k], ckpt["model"][k]) for k in before if k.startswith("router."))
+    assert all(torch.equal(before[k], ckpt["model"][k]) for k in before if not k.startswith("router."))
+    assert _epochs_logged(tmp_path / "ddp") == [0]

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import statistics
-from typing import Callable
+from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -34,7 +35,16 @@ def route_latency(model: torch.nn.Module, img_size: int, reps: int = 5, warmup: 
     was_training = model.training
     model.eval()
     try:
-        return {route: statistics.median(time_call(lambda: model(x, threshold=thr), reps, warmup))
+        return {route: statistics.median(time_call(partial(model, x, threshold=thr), reps, warmup))
                 for route, thr in (("easy", 1.0), ("hard", 0.0))}
     finally:
         model.train(was_training)
+
+
+def route_costs(model: torch.nn.Module, img_size: int, reps: int = 5) -> dict[str, float]:
+    """Fused batch-1 latency (ms) and GFLOPs of both routes, as :func:`calibration_record` kwargs."""
+    from utils.flops import fused_copy, route_gflops
+    latency = route_latency(fused_copy(model), img_size, reps=reps)
+    gflops = route_gflops(model, img_size)
+    return {"easy_ms": latency["easy"], "hard_ms": latency["hard"],
+            "easy_gflops": gflops["easy"], "hard_gflops": gflops["hard"]}

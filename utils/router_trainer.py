@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from utils.calibration import calibration_record
 from utils.checkpoints import save_checkpoint
+from utils.latency import route_costs
 from utils.loss import ComputeLoss
 from utils.router_loss import estimate_offset, router_objective
 from utils.torch_utils import DistInfo
@@ -122,6 +123,17 @@ def routed_loss(res: RouteBatch, percent: float) -> float:
     return float(torch.where(hard, res.l2, res.l1).mean())
 
 
+@torch.inference_mode()
+def difficulty_scores(model: nn.Module, loader, device: torch.device, desc: str = "φ") -> torch.Tensor:
+    """φ of every image ``loader`` yields (eval mode), as a float32 CPU tensor."""
+    model.eval()
+    parts = [model.difficulty(imgs.to(device).float() / 255.0).float().cpu()
+             for imgs, *_ in tqdm(loader, desc=desc, leave=False)]
+    if not parts:
+        raise ValueError(f"{desc}: no images")
+    return torch.cat(parts)
+
+
 @dataclass
 class RouterState:
     """Counters a resumed run needs besides weights and optimizer."""
@@ -144,12 +156,17 @@ class RouterTrainer:
     device: torch.device
     dist: DistInfo = field(default_factory=DistInfo)
     state: RouterState = field(default_factory=RouterState)
+    costs: dict = field(default_factory=dict)  # route latencies and GFLOPs stored with the calibration
 
     def __post_init__(self) -> None:
         self.wdir = self.save_dir / "weights"
         self.wdir.mkdir(parents=True, exist_ok=True)
         params = freeze_detectors(self.model)
         self.optimizer = torch.optim.AdamW(params, lr=self.opt.lr, weight_decay=self.opt.weight_decay)
+        if self.dist.is_main and not self.costs:
+            self.costs = route_costs(self.model, self.opt.img_size)
+            LOGGER.info("route costs at %d px: %s", self.opt.img_size,
+                        ", ".join(f"{k} {v:.4g}" for k, v in self.costs.items()))
         self.router = DDP(self.model.router, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
             if self.dist.rank >= 0 else self.model.router
 
@@ -206,7 +223,7 @@ class RouterTrainer:
                "val/routed_loss": metrics["routed_loss"], "delta": self.delta,
                "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": seconds}
         _append_csv(self.save_dir / "results.csv", row)
-        calib = calibration_record(res.phi, img_size=self.opt.img_size)
+        calib = calibration_record(res.phi, img_size=self.opt.img_size, **self.costs)
         self._save(epoch, improved, calib)
         LOGGER.info("router epoch %d/%d: %s", epoch + 1, self.opt.epochs,
                     ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))

@@ -1,8 +1,8 @@
 """What the router does on a dataset: φ histogram, easiest/hardest gallery (paper Fig. 8), stability."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 

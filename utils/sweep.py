@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import copy
 import csv
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
 from utils.calibration import threshold_table
-from utils.metrics import auc_policy, coco_evaluate, coco_matches, coco_stats, summarize_cocoeval
+from utils.metrics import (
+    auc_policy,
+    coco_evaluate,
+    coco_matches,
+    coco_stats,
+    summarize_cocoeval,
+)
 
 SWEEP_PERCENTS = tuple(range(0, 101, 10))
 
