@@ -382,3 +382,20 @@ def test_trapped_file_is_refused_by_load_checkpoint(tmp_path: Path, zipped: bool
     with pytest.raises(CheckpointError, match="refusing" if zipped else "zip-format"):
         load_checkpoint(tmp_path / "trap.pt", cfg="yolov7-tiny")
     assert not marker.exists()
+
+
+def test_our_plain_checkpoint_warm_starts_a_dynamic_config(tmp_path: Path) -> None:
+    plain = build_model("yolov7-tiny", names=["a", "b"])
+    path = save_checkpoint(tmp_path / "plain.pt", plain, names=["a", "b"], thresholds={"table": {0: 1.0}})
+    model, info = load_checkpoint(path, cfg="dy-yolov7-tiny")
+    assert model.is_dynamic and model.names == ["a", "b"] and info["thresholds"] == {}
+    sd, src = model.state_dict(), plain.state_dict()
+    n = model.n_backbone
+    assert torch.equal(sd["model_b.0.conv.weight"], src["model.0.conv.weight"])
+    assert torch.equal(sd[f"model_b2.{model.b2_index[0]}.conv.weight"], src["model.0.conv.weight"])
+    head = [k for k in src if int(k.split(".")[1]) >= n][0]
+    rest = head.split(".", 2)[2]
+    j = int(head.split(".")[1]) - n
+    assert torch.equal(sd[f"model_h.{j}.{rest}"], src[head]) and torch.equal(sd[f"model_h2.{j}.{rest}"], src[head])
+    same, _ = load_checkpoint(path, cfg="yolov7-tiny")  # a plain cfg: the stored architecture is used
+    assert not same.is_dynamic

@@ -249,13 +249,25 @@ def _load_ours(ckpt: Mapping, cfg: Any, nc: int | None, source: str) -> tuple[nn
     stored_nc = ckpt["cfg"].get("nc")
     if nc is not None and stored_nc is not None and int(nc) != int(stored_nc):
         raise CheckpointError(f"{source}: checkpoint has nc={stored_nc} but nc={nc} was requested")
-    if cfg is not None:
-        LOGGER.info("%s: ignoring cfg=%s, %s checkpoints carry their own architecture", source, cfg, FORMAT)
     model = _build(ckpt["cfg"], names=list(ckpt["names"]))
     load_strict(model, ckpt["model"], source=source)
     extra = {k: v for k, v in ckpt.items() if k not in RESERVED_KEYS}
-    return model, {"thresholds": dict(ckpt.get("thresholds") or {}), "meta": dict(ckpt.get("meta") or {}),
-                   "extra": extra}
+    info = {"thresholds": dict(ckpt.get("thresholds") or {}), "meta": dict(ckpt.get("meta") or {}), "extra": extra}
+    if cfg is not None:
+        target = _build(cfg, names=model.names)
+        if target.is_dynamic and not model.is_dynamic:  # warm start of both detectors, as for YOLOv7 files
+            return _plain_into_dynamic(model.state_dict(), target, source), {**info, "thresholds": {}}
+        LOGGER.info("%s: ignoring cfg=%s, %s checkpoints carry their own architecture", source, cfg, FORMAT)
+    return model, info
+
+
+def _plain_into_dynamic(state: Mapping[str, torch.Tensor], model: nn.Module, source: str) -> nn.Module:
+    """A plain detector's weights in both detectors of ``model``; CBLinear/CBFuse and router stay fresh."""
+    state, fresh = yolov7_to_dynamic(state, model)
+    LOGGER.info("%s: warm start of both detectors; %d tensors keep their fresh init (CBLinear, router)",
+                source, len(fresh))
+    load_strict(model, state, ignore=fresh, source=source)
+    return model
 
 
 def _official_meta(ckpt: Mapping) -> dict:
@@ -301,10 +313,10 @@ def _load_yolov7(ckpt: Mapping, cfg: Any, nc: int | None, source: str) -> tuple[
     model = _build(cfg, nc=nc, names=_yolov7_names(pickled, nc))
     not_loaded: list[str] = []
     if getattr(model, "is_dynamic", False):
-        state, not_loaded = yolov7_to_dynamic(state, model)
-        LOGGER.info("%s: warm start of both detectors; %d tensors keep their fresh init (CBLinear, router)",
-                    source, len(not_loaded))
-    load_strict(model, state, ignore=not_loaded, source=source)
+        not_loaded = yolov7_to_dynamic(state, model)[1]
+        _plain_into_dynamic(state, model, source)
+    else:
+        load_strict(model, state, source=source)
     return model, {"meta": _official_meta(ckpt), "not_loaded": not_loaded, "dropped": dropped}
 
 
