@@ -397,5 +397,8 @@ def test_our_plain_checkpoint_warm_starts_a_dynamic_config(tmp_path: Path) -> No
     rest = head.split(".", 2)[2]
     j = int(head.split(".")[1]) - n
     assert torch.equal(sd[f"model_h.{j}.{rest}"], src[head]) and torch.equal(sd[f"model_h2.{j}.{rest}"], src[head])
+    with torch.no_grad():  # the composite link starts at zero: detector 2 starts as a copy of detector 1
+        out = model.eval().forward_both(torch.rand(2, 3, 64, 64))
+    torch.testing.assert_close(out.pred1, out.pred2)
     same, _ = load_checkpoint(path, cfg="yolov7-tiny")  # a plain cfg: the stored architecture is used
     assert not same.is_dynamic

@@ -262,11 +262,22 @@ def _load_ours(ckpt: Mapping, cfg: Any, nc: int | None, source: str) -> tuple[nn
 
 
 def _plain_into_dynamic(state: Mapping[str, torch.Tensor], model: nn.Module, source: str) -> nn.Module:
-    """A plain detector's weights in both detectors of ``model``; CBLinear/CBFuse and router stay fresh."""
+    """A plain detector's weights in both detectors of ``model``; the router stays fresh.
+
+    The CBLinear projections start at zero, so backbone 2 initially equals backbone 1 and
+    detector 2 starts as a copy of detector 1 (a random composite link would scramble the
+    pretrained backbone-2 features); training then learns what the link adds.
+    """
     state, fresh = yolov7_to_dynamic(state, model)
-    LOGGER.info("%s: warm start of both detectors; %d tensors keep their fresh init (CBLinear, router)",
+    LOGGER.info("%s: warm start of both detectors; %d tensors keep their fresh init (CBLinear at zero, router)",
                 source, len(fresh))
     load_strict(model, state, ignore=fresh, source=source)
+    from models.link import CBLinear
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, CBLinear):
+                m.conv.weight.zero_()
+                m.conv.bias.zero_()
     return model
 
 
