@@ -15,15 +15,14 @@ import torch
 from tqdm import tqdm
 
 from models.dynamic import route_mask
+from utils.backends import load_model
 from utils.calibration import resolve_threshold
-from utils.checkpoints import load_checkpoint
 from utils.data_config import load_data_config
 from utils.datasets import create_dataloader
 from utils.evaluator import DetectionStats, ground_truth, to_original
 from utils.flops import route_gflops
 from utils.paths import increment_path
 from utils.predictor import BatchPrediction, Predictor
-from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger("dydet.test")
 
@@ -52,13 +51,16 @@ def run(data: str | Path, weights: str | Path | None = None, cfg: str | None = N
         split = "val" if task == "speed" else task
         dcfg = load_data_config(data, require=(split,))
         stride = int(model.stride.max())
-        dataloader, _ = create_dataloader(dcfg.split(split), img_size, batch_size, stride, rect=True,
+        rect = not _fixed_size(model, img_size)
+        dataloader, _ = create_dataloader(dcfg.split(split), img_size, batch_size, stride, rect=rect,
                                           pad=0.5, workers=workers, prefix=f"{split}: ", nc=len(names))
     if gflops is None:
         gflops = route_gflops_or_empty(model, img_size)
     threshold, calibration = None, calibration or stored
     if dy_sweep and not model.is_dynamic:
         raise ValueError("--dy-sweep needs a dynamic model (dy-* config)")
+    if dy_sweep and not hasattr(model, "forward_both"):
+        raise ValueError("--dy-sweep scores both detectors on every image: pass PyTorch weights, not ONNX")
     if model.is_dynamic:
         latency = _route_latency(model, img_size) if _needs_latency(calibration, target_latency) else None
         threshold, how = resolve_threshold(dy_thres, calibration, target_latency=target_latency,
@@ -85,14 +87,22 @@ def _model(model, weights, cfg, device, names) -> tuple[torch.nn.Module, list[st
         return model.eval(), list(names or model.names), {}
     if weights is None:
         raise ValueError("test.py needs --weights (or a model when called from Python)")
-    model, info = load_checkpoint(weights, cfg=cfg, device=select_device(device))
+    model, info = load_model(weights, cfg=cfg, device=device)
     return model.eval(), list(names or info.get("names") or model.names), info.get("thresholds") or {}
+
+
+def _fixed_size(model, img_size: int) -> bool:
+    """Whether the model takes one input size only (an ONNX export); it must be ``img_size``."""
+    size = None if isinstance(model, torch.nn.Module) else getattr(model, "img_size", None)
+    if size is not None and tuple(size) != (img_size, img_size):
+        raise ValueError(f"the model was exported for {size[0]}x{size[1]} inputs; run with --img-size {size[0]}")
+    return size is not None
 
 
 def _evaluate(model, names, loader, conf, iou, threshold, img_size, gflops, time_routed, plot_dir) -> dict:
     predictor = Predictor(model, conf, iou, multi_label=True)
     streams = {"all": DetectionStats(names)}
-    if model.is_dynamic:
+    if model.is_dynamic and hasattr(model, "forward_both"):  # ONNX exports: routed results only
         streams.update(detector1=DetectionStats(names), detector2=DetectionStats(names))
     timing, routes, phis, pixels = np.zeros(3), [], [], []
     n_images, preds_json, all_paths = 0, [], []
@@ -123,8 +133,8 @@ def _evaluate(model, names, loader, conf, iou, threshold, img_size, gflops, time
 
 def _predict(predictor: Predictor, imgs, threshold, time_routed) -> dict[str, BatchPrediction]:
     """Routed detections (timed) and, for dynamic models, both detectors' detections."""
-    if not predictor.is_dynamic:
-        out = predictor(imgs)
+    if not predictor.is_dynamic or not hasattr(predictor.model, "forward_both"):
+        out = predictor(imgs, threshold)
         return {"routed": out, "all": out}
     d1, d2 = predictor.both(imgs)
     hard = route_mask(d1.phi, threshold)
@@ -171,6 +181,8 @@ def _routing_analysis(model, extras, calibration, threshold, img_size, gflops, d
 
 
 def route_gflops_or_empty(model, img_size: int) -> dict[str, float]:
+    if not isinstance(model, torch.nn.Module):  # ONNX Runtime: GFLOPs stored at export
+        return dict(getattr(model, "gflops", {}))
     try:
         return route_gflops(model, img_size)
     except Exception as e:  # GFLOPs are informative only
@@ -193,7 +205,7 @@ def _summarise(streams, timing, n, routes, gflops, pixels, img_size, plot_dir, p
         n_hard = int(hard.sum())
         avg = (gflops.get("easy", 0) * (n - n_hard) + gflops.get("hard", 0) * n_hard) / max(n, 1) * scale
         out["dynamic"] = {"easy": n - n_hard, "hard": n_hard, "avg_gflops": avg}
-        for key in ("detector1", "detector2"):
+        for key in ("detector1", "detector2") if "detector1" in streams else ():
             r = streams[key].compute()
             out["dynamic"][key] = {k: r[k] for k in ("precision", "recall", "map50", "map")}
     elif gflops:
@@ -223,7 +235,7 @@ def _report(res: dict, names: list[str], verbose: bool) -> None:
     if "dynamic" in res:
         d = res["dynamic"]
         print(f"Routing: {d['easy']} easy, {d['hard']} hard, {d['avg_gflops']:.2f} GFLOPs per image on average")
-        for key in ("detector1", "detector2"):
+        for key in ("detector1", "detector2") if "detector1" in d else ():
             print(f"  {key}: mAP@.5 {d[key]['map50']:.3f}, mAP@.5:.95 {d[key]['map']:.3f}")
 
 
@@ -245,7 +257,7 @@ def _jsonable(obj):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, help="checkpoint (ours or official) to evaluate")
+    p.add_argument("--weights", required=True, help="checkpoint (ours or official) or .onnx export to evaluate")
     p.add_argument("--cfg", default=None, help="architecture for official checkpoints, e.g. dy-yolov7")
     p.add_argument("--data", required=True, help="data YAML")
     p.add_argument("--img-size", type=int, default=640)

@@ -31,8 +31,9 @@ class Predictor:
                  classes: Sequence[int] | None = None, agnostic: bool = False, max_det: int = 300,
                  multi_label: bool = False, half: bool = False) -> None:
         self.model = model.eval()
-        p = next(model.parameters())
-        self.device, self.half = p.device, bool(half and p.device.type == "cuda")
+        p = next(model.parameters(), None) if hasattr(model, "parameters") else None
+        device = p.device if p is not None else torch.device(getattr(model, "device", "cpu"))  # e.g. ONNX Runtime
+        self.device, self.half = device, bool(half and device.type == "cuda" and p is not None)
         if self.half:
             self.model.half()
         self.nms_kwargs = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes,
@@ -48,7 +49,10 @@ class Predictor:
         x = x.half() if self.half else x.float()
         return x / 255.0 if imgs.dtype == torch.uint8 else x
 
-    def postprocess(self, pred: torch.Tensor) -> list[torch.Tensor]:
+    def postprocess(self, pred: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+        """NMS, unless the model already did it (end-to-end exports return per-image detections)."""
+        if getattr(self.model, "end2end", False):
+            return list(pred)
         return non_max_suppression(pred, **self.nms_kwargs)
 
     @torch.inference_mode()
