@@ -22,6 +22,7 @@ import cv2
 from tqdm import tqdm
 
 from dydet import DyDet
+from utils.cli import script_main
 from utils.paths import increment_path
 from utils.plots import _write_image
 from utils.results import Result
@@ -239,15 +240,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    opt = parse_args(argv)
-    try:
-        run(**vars(opt))
-    except (OSError, ValueError, RuntimeError) as e:
-        message = " ".join(str(e).split())
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-    return 0
+    return script_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

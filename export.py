@@ -20,6 +20,7 @@ import torch
 
 from utils.backends import is_onnx, load_model
 from utils.calibration import resolve_threshold
+from utils.cli import script_main
 from utils.export_parity import ScriptBackend, parity
 from utils.exporters import (
     ExportOptions,
@@ -194,14 +195,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    opt = parse_args(argv)
-    try:
-        run(**vars(opt))
-    except (FileNotFoundError, ValueError, RuntimeError, onnx.checker.ValidationError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return script_main(parse_args, run, argv, errors=(onnx.checker.ValidationError,))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from models.dynamic import route_mask
 from utils.backends import load_model
 from utils.calibration import resolve_threshold
+from utils.cli import script_main
 from utils.data_config import load_data_config
 from utils.datasets import create_dataloader
 from utils.evaluator import DetectionStats, ground_truth, to_original
@@ -283,14 +284,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    opt = parse_args(argv)
-    try:
-        run(**vars(opt))
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return script_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

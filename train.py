@@ -17,10 +17,18 @@ import yaml
 
 from models.yolo import build_model
 from utils.checkpoints import CheckpointError, load_checkpoint
-from utils.data_config import DataConfigError, hyp_for, load_data_config
+from utils.cli import script_main
+from utils.data_config import hyp_for, load_data_config
 from utils.datasets import create_dataloader
 from utils.paths import latest_checkpoint
-from utils.torch_utils import DistInfo, de_parallel, distributed_run, main_process_first, merge_options, shared_run_dir
+from utils.torch_utils import (
+    DistInfo,
+    de_parallel,
+    distributed_run,
+    main_process_first,
+    merge_options,
+    shared_run_dir,
+)
 from utils.trainer import Trainer, yaml_safe
 
 LOGGER = logging.getLogger("dydet.train")
@@ -210,16 +218,8 @@ def _plot_results(save_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    opt = parse_args(argv)
-    try:
-        out = run(**vars(opt))
-    except (FileNotFoundError, ValueError, CheckpointError, DataConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if out["save_dir"]:
-        print(f"Results saved to {out['save_dir']}")
-    return 0
+    return script_main(parse_args, run, argv,
+                       done=lambda out: f"Results saved to {out['save_dir']}" if out["save_dir"] else None)
 
 
 if __name__ == "__main__":

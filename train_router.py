@@ -23,7 +23,8 @@ from utils.checkpoints import (
     read_checkpoint,
     save_checkpoint,
 )
-from utils.data_config import DataConfigError, hyp_for, load_data_config
+from utils.cli import script_main
+from utils.data_config import hyp_for, load_data_config
 from utils.datasets import create_dataloader
 from utils.latency import route_costs
 from utils.loss import ComputeLoss, scale_loss_gains
@@ -163,15 +164,7 @@ def _resume_options(opt: argparse.Namespace) -> tuple[argparse.Namespace, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    opt = parse_args(argv)
-    try:
-        out = run(**vars(opt))
-    except (FileNotFoundError, ValueError, CheckpointError, DataConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"Results saved to {out['save_dir']}")
-    return 0
+    return script_main(parse_args, run, argv, done=lambda out: f"Results saved to {out['save_dir']}")
 
 
 if __name__ == "__main__":
