@@ -117,3 +117,21 @@ def test_plain_model(tmp_path: Path, images: list[np.ndarray]) -> None:
 def test_missing_weights(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         DyDet(tmp_path / "none.pt")
+
+
+def test_onnx_export_predicts_like_the_checkpoint(tmp_path: Path) -> None:
+    import export
+    rng = np.random.default_rng(2)  # square: the export's fixed 64x64 input equals the PyTorch input
+    images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    calib = calibration_record(np.linspace(0.05, 0.95, 19))
+    pt = tiny_checkpoint(tmp_path / "dy.pt", thresholds=calib)
+    onnx_path = export.run(pt, img_size=64, output=tmp_path / "dy.onnx")["onnx"]
+    torch_model, ort_model = DyDet(pt, device="cpu"), DyDet(onnx_path, device="cpu")
+    assert ort_model.names == torch_model.names and ort_model.is_dynamic
+    for thr, route in ((1.0, "easy"), (0.0, "hard")):
+        a = torch_model.predict(images, dy_thres=thr, **{**KW, "max_det": 3})
+        b = ort_model.predict(images, dy_thres=thr, **{**KW, "max_det": 3})
+        for ra, rb in zip(a, b):
+            assert ra.route == rb.route == route and rb.phi == pytest.approx(ra.phi, abs=1e-4)
+            np.testing.assert_allclose(rb.boxes, ra.boxes, atol=1e-2)
+            np.testing.assert_allclose(rb.scores, ra.scores, atol=1e-4)
