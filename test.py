@@ -53,8 +53,9 @@ def run(data: str | Path, weights: str | Path | None = None, cfg: str | None = N
         dcfg = load_data_config(data, require=(split,))
         stride = int(model.stride.max())
         rect = not _fixed_size(model, img_size)
+        # pad 0: the letterbox of detect.py and of the router calibration (φ depends on the padding)
         dataloader, _ = create_dataloader(dcfg.split(split), img_size, batch_size, stride, rect=rect,
-                                          pad=0.5, workers=workers, prefix=f"{split}: ", nc=len(names))
+                                          pad=0.0, workers=workers, prefix=f"{split}: ", nc=len(names))
     if gflops is None:
         gflops = route_gflops_or_empty(model, img_size)
     threshold, calibration = None, calibration or stored

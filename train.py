@@ -166,7 +166,7 @@ def _loaders(opt, data, hyp, stride, dist_info, nc):
             shuffle=True, seed=opt.seed, nc=nc_check)
     val_loader = None
     if dist_info.is_main:
-        val_loader, val_set = create_dataloader(data.val, opt.img_size, per_rank * 2, stride, rect=True, pad=0.5,
+        val_loader, val_set = create_dataloader(data.val, opt.img_size, per_rank * 2, stride, rect=True, pad=0.0,
                                                 cache_images=opt.cache, workers=opt.workers, prefix="val: ",
                                                 nc=nc_check)
         if opt.single_cls:

@@ -105,7 +105,7 @@ def calibrate(opt: argparse.Namespace) -> dict:
     device = select_device(opt.device)
     model, _ = _dynamic_model(opt, device, None)
     data = load_data_config(opt.data, require=("val",))
-    loader, _ = create_dataloader(data.val, opt.img_size, opt.batch_size, int(model.stride.max()),
+    loader, _ = create_dataloader(data.val, opt.img_size, opt.batch_size, int(model.stride.max()), rect=True,
                                   workers=opt.workers, prefix="val: ", nc=model.nc)
     phi = difficulty_scores(model, loader, device, "val φ")
     calib = calibration_record(phi, img_size=opt.img_size, **route_costs(model, opt.img_size))
@@ -141,8 +141,8 @@ def _loaders(opt, data, stride: int, dist_info: DistInfo, nc: int):
                                             world_size=dist_info.world_size, shuffle=True, seed=opt.seed, nc=nc)
     val_loader = None
     if dist_info.is_main:
-        val_loader, _ = create_dataloader(data.val, opt.img_size, per_rank * 2, stride, workers=opt.workers,
-                                          prefix="val: ", nc=nc)
+        val_loader, _ = create_dataloader(data.val, opt.img_size, per_rank * 2, stride, rect=True,
+                                          workers=opt.workers, prefix="val: ", nc=nc)
     return train_loader, val_loader
 
 
