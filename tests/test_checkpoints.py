@@ -14,7 +14,7 @@ from tests.test_safe_pickle import (
 )
 from utils import checkpoints
 from utils.checkpoints import (
-    FORMAT, CheckpointError, load_checkpoint, load_strict, save_checkpoint, strip_aux_heads,
+    FORMAT, CheckpointError, load_checkpoint, load_strict, read_checkpoint, save_checkpoint, strip_aux_heads,
     yolov7_to_dynamic,
 )
 from utils.coco_names import COCO_NAMES
@@ -402,3 +402,21 @@ def test_our_plain_checkpoint_warm_starts_a_dynamic_config(tmp_path: Path) -> No
     torch.testing.assert_close(out.pred1, out.pred2)
     same, _ = load_checkpoint(path, cfg="yolov7-tiny")  # a plain cfg: the stored architecture is used
     assert not same.is_dynamic
+
+
+def test_strip_checkpoint_keeps_what_inference_needs(tmp_path: Path) -> None:
+    from utils.checkpoints import strip_checkpoint
+    model = build_model("yolov7-tiny", names=["a", "b"]).eval()
+    src = save_checkpoint(tmp_path / "last.pt", model, names=["a", "b"], thresholds={"table": {0: 1.0}},
+                          extra={"optimizer": {"lr": 0.1}, "epoch": 3})
+    before = src.read_bytes()
+    dst = strip_checkpoint(src, tmp_path / "release.pt")
+    assert src.read_bytes() == before
+    ckpt = read_checkpoint(dst)
+    assert "optimizer" not in ckpt and "epoch" not in ckpt and ckpt["thresholds"] == {"table": {0: 1.0}}
+    assert all(v.dtype == torch.float16 for v in ckpt["model"].values() if v.is_floating_point())
+    loaded, _ = load_checkpoint(dst)
+    x = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(loaded.eval()(x), model(x), atol=0.05, rtol=0.01)  # fp16 rounding only
+    with pytest.raises(CheckpointError, match="only"):
+        strip_checkpoint(save_fake_yolov7(tmp_path / "y.pt", fake_state(manifest("yolov7-tiny"))), tmp_path / "z.pt")

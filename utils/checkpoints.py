@@ -94,6 +94,19 @@ def checkpoint_dict(model: nn.Module, *, names: Iterable[str], thresholds: Mappi
     return ckpt
 
 
+def strip_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> Path:
+    """A release copy of a ``dydet-v1`` file: weights (fp16 floats if ``half``), cfg, names,
+    calibration and meta only — no optimizer or training state. ``src`` is not modified."""
+    ckpt = read_checkpoint(src)
+    if detect_format(ckpt) != FORMAT:
+        raise CheckpointError(f"{src}: only {FORMAT} checkpoints can be stripped")
+    weights = {k: v.half() if half and v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    out = {k: ckpt[k] for k in RESERVED_KEYS if k in ckpt}
+    out.update(model=weights, meta={**dict(ckpt.get("meta") or {}), "stripped_from": Path(src).name})
+    atomic_save(out, Path(dst))
+    return Path(dst)
+
+
 def check_plain(obj: Any, where: str) -> None:
     """Raise unless ``obj`` is tensors and plain Python only (loadable with weights_only).
 
