@@ -1,10 +1,15 @@
 """What plain and dynamic detectors share: config, class names, fusion, initialisation."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 import torch.nn as nn
 
+from models import fastpath
 from models.head import IDetect
+from models.layers import Conv, RepConv
+from models.link import CBLinear
 
 
 class DetectorBase(nn.Module):
@@ -50,3 +55,32 @@ class DetectorBase(nn.Module):
                 m.fuse()
         self.fused = True
         return self.eval()
+
+    def optimize_for_inference(self, keep_freed_memory: bool = True) -> "DetectorBase":
+        """Fuse, then run CPU float32 inference on pre-packed oneDNN convolutions (in place).
+
+        Outputs match the fused model to float rounding; ``state_dict`` is unchanged and training
+        mode, CUDA or gradients fall back to the plain path. ``keep_freed_memory`` also stops
+        glibc from unmapping freed activations after every layer (process-wide, see
+        :func:`models.fastpath.keep_freed_memory`). Returns the model in eval mode.
+        """
+        if not self.fused:
+            self.fuse()
+        if fastpath.available():
+            for conv, act in self._conv_act_pairs():
+                fastpath.prepare(conv, act)
+        if keep_freed_memory:
+            fastpath.keep_freed_memory()
+        return self.eval()
+
+    def _conv_act_pairs(self) -> Iterator[tuple[nn.Conv2d, nn.Module | None]]:
+        """Every detector convolution with the activation that follows it (the router excluded)."""
+        for m in self.modules():
+            if isinstance(m, Conv):
+                yield m.conv, m.act
+            elif isinstance(m, RepConv) and m.rbr_reparam is not None:
+                yield m.rbr_reparam, m.act
+            elif isinstance(m, IDetect) and m.fused:
+                yield from ((conv, None) for conv in m.m)
+            elif isinstance(m, CBLinear):
+                yield m.conv, None

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from models.base import DetectorBase
-from models.graph import release_schedule, run_layers, wire
+from models.graph import inputs_of, release_schedule, run_layers, wire
 from models.link import CBFuse, CBLinear
 from models.parse import IMAGE, LayerSpec, build_layers, read_specs
 from models.router import AdaptiveRouter
@@ -139,6 +139,12 @@ class DyModel(DetectorBase):
         self._rel_h1 = release_schedule(self.model_h, n + 1)
         self._rel_b2 = release_schedule(self.model_b2, n + 1, keep=self._h2_needs())
         self._rel_h2 = release_schedule(self.model_h2, n + 1 + len(self.model_b2))
+        self._reads1 = self._backbone1_reads(self.model_h)
+        self._reads2 = self._backbone1_reads(list(self.model_b2) + list(self.model_h2))
+
+    def _backbone1_reads(self, layers) -> set[int]:
+        """Feature-list positions of backbone 1 (and the image) that ``layers`` read."""
+        return {p for m in layers for p in inputs_of(m) if p <= self.n_backbone}
 
     def _h2_needs(self) -> set[int]:
         needs = set()
@@ -188,14 +194,14 @@ class DyModel(DetectorBase):
             return self.detector2(feats)
         hard_idx = hard.nonzero().flatten()
         easy_idx = (~hard).nonzero().flatten()
-        pred_easy = self.detector1(_subset(feats, easy_idx))
-        pred_hard = self.detector2(_subset(feats, hard_idx))
+        pred_easy = self.detector1(_subset(feats, easy_idx, self._reads1))
+        pred_hard = self.detector2(_subset(feats, hard_idx, self._reads2))
         out = pred_easy.new_empty((hard.numel(), *pred_easy.shape[1:]))
         out.index_copy_(0, easy_idx, pred_easy)
         out.index_copy_(0, hard_idx, pred_hard)
         return out
 
 
-def _subset(feats: list, idx: torch.Tensor) -> list:
-    """The same feature list restricted to the images ``idx``."""
-    return [f.index_select(0, idx) if isinstance(f, torch.Tensor) else f for f in feats]
+def _subset(feats: list, idx: torch.Tensor, reads: set[int]) -> list:
+    """The feature list for the images ``idx``: only positions in ``reads``, memory format kept."""
+    return [f[idx] if i in reads and isinstance(f, torch.Tensor) else None for i, f in enumerate(feats)]

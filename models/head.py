@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from models.fastpath import conv_act
 from models.registry import register
 
 
@@ -78,7 +79,7 @@ class IDetect(nn.Module):
         if not self.fused:
             x = self.im[i](self.m[i](self.ia[i](x)))
         else:
-            x = self.m[i](x)
+            x = conv_act(self.m[i], None, x)
         bs, _, ny, nx = x.shape
         return x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
 

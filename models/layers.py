@@ -12,7 +12,9 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import skip_init
 
+from models.fastpath import conv_act
 from models.registry import make_activation, register
 
 
@@ -23,8 +25,9 @@ def autopad(k: int, p: int | None = None) -> int:
 
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A single biased convolution equal to ``bn(conv(x))`` in eval mode."""
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                      conv.padding, conv.dilation, conv.groups, bias=True).to(conv.weight.device)
+    fused = skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                      conv.padding, conv.dilation, conv.groups, bias=True, device=conv.weight.device,
+                      dtype=conv.weight.dtype)  # no random init: every value is written below
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     with torch.no_grad():
@@ -71,6 +74,8 @@ class Conv(Layer):
         return _conv_from_config(cls, ch, args, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.bn, nn.Identity):  # fused: the packed fast path may apply
+            return conv_act(self.conv, self.act, x)
         return self.act(self.bn(self.conv(x)))
 
     def fuse(self) -> None:
@@ -101,7 +106,7 @@ class RepConv(Layer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.rbr_reparam is not None:
-            return self.act(self.rbr_reparam(x))
+            return conv_act(self.rbr_reparam, self.act, x)
         y = self.rbr_dense(x) + self.rbr_1x1(x)
         if self.rbr_identity is not None:
             y = y + self.rbr_identity(x)
