@@ -40,8 +40,8 @@ class DyDet:
         self.model, self.info = load_model(weights, cfg=cfg, device=device)
         if isinstance(self.model, torch.nn.Module):
             self.model.eval()
-            if fuse and hasattr(self.model, "fuse") and not getattr(self.model, "fused", False):
-                self.model.fuse()
+            if fuse and hasattr(self.model, "optimize_for_inference"):
+                self.model.optimize_for_inference()  # fused, CPU fast path where it applies
         self._threshold = float(getattr(self.model, "threshold", 0.5)) if self.is_dynamic else None
 
     @property

@@ -90,6 +90,8 @@ def _model(model, weights, cfg, device, names) -> tuple[torch.nn.Module, list[st
     if weights is None:
         raise ValueError("test.py needs --weights (or a model when called from Python)")
     model, info = load_model(weights, cfg=cfg, device=device)
+    if hasattr(model, "optimize_for_inference"):
+        model.optimize_for_inference()  # fused, CPU fast path where it applies
     return model.eval(), list(names or info.get("names") or model.names), info.get("thresholds") or {}
 
 
@@ -152,9 +154,8 @@ def _needs_latency(calibration: dict | None, target_latency: float | None) -> bo
 
 
 def _route_latency(model, img_size: int) -> dict[str, float]:
-    from utils.flops import fused_copy
-    from utils.latency import route_latency
-    latency = route_latency(fused_copy(model), img_size)
+    from utils.latency import inference_copy, route_latency
+    latency = route_latency(inference_copy(model), img_size)
     LOGGER.info("measured route latencies at %d px: easy %.1f ms, hard %.1f ms", img_size,
                 latency["easy"], latency["hard"])
     return latency
