@@ -176,7 +176,11 @@ def onnx_metadata(model: torch.nn.Module, opt: ExportOptions, info: dict, gflops
 
 
 def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Run onnxslim (or else onnxsim) on ``proto``, keeping its metadata."""
+    """Run onnxslim (or else onnxsim) on ``proto``, keeping its metadata.
+
+    The result is kept only when it passes onnx.checker with full shape inference; otherwise a
+    warning names the problem and the unsimplified graph is returned.
+    """
     props = {p.key: p.value for p in proto.metadata_props}
     try:
         import onnxslim
@@ -189,6 +193,12 @@ def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
         out, ok = onnxsim.simplify(proto)
         if not ok:
             raise RuntimeError("onnxsim could not validate the simplified model")
+    try:
+        onnx.checker.check_model(out, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        reason = str(e).strip().splitlines()[-1][:300]
+        warnings.warn(f"--simplify gave an invalid graph, keeping the unsimplified one: {reason}", stacklevel=2)
+        return proto
     del out.metadata_props[:]
     onnx.helper.set_model_props(out, props)
     return out
