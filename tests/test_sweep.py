@@ -86,7 +86,8 @@ def _relabel(preds: list[dict], root: Path) -> None:
         cache.unlink()
     for img in (root / "images" / "val").glob("*.jpg"):
         h, w = cv2.imread(str(img)).shape[:2]
-        mine = sorted((p for p in preds if p["image_id"] == img.stem), key=lambda p: -p["score"])[:2]
+        small = (p for p in preds if p["image_id"] == img.stem and p["bbox"][2] * p["bbox"][3] < 0.3 * w * h)
+        mine = sorted(small, key=lambda p: -p["score"])[:2]  # not the clipped whole-image boxes both detectors give
         lines = [f"{p['category_id']} {(p['bbox'][0] + p['bbox'][2] / 2) / w:.6f} "
                  f"{(p['bbox'][1] + p['bbox'][3] / 2) / h:.6f} {p['bbox'][2] / w:.6f} {p['bbox'][3] / h:.6f}"
                  for p in mine]
@@ -98,7 +99,7 @@ def test_sweep_equals_rerun_at_fixed_threshold(self_labelled: dict) -> None:
     out = test_script.run(s["data"], dy_sweep=True, plots=True, save_dir=s["root"] / "sweep", **s["kw"])
     sweep = out["dynamic"]["sweep"]
     router = sweep["points"]["router"]
-    assert router[-1]["map"] > 0.5 and router[-1]["map"] > router[0]["map"]  # detector 2 is the labeller
+    assert router[-1]["map"] > router[0]["map"] + 0.05  # detector 2 is the labeller
     for point in (router[3], router[6]):
         rerun = test_script.run(s["data"], dy_thres=point["threshold"], plots=False,
                                 save_dir=s["root"] / f"re{point['percent']:g}", **s["kw"])
