@@ -189,7 +189,7 @@ def test_test_py_dial_forms(demo: dict, tmp_path: Path) -> None:
     model = build_model("dy-yolov7-tiny", names=["circle", "square", "triangle", "cross"]).eval()
     with torch.no_grad():
         model.router.layer2.weight.mul_(200.0)  # spread φ over (0, 1)
-    loader, _ = create_dataloader(load_data_config(demo["data"]).val, 96, 4, 32, rect=True, pad=0.5, workers=0)
+    loader, _ = create_dataloader(load_data_config(demo["data"]).val, 96, 4, 32, rect=True, pad=0.0, workers=0)  # as test.py
     with torch.no_grad():
         phi = torch.cat([model.difficulty(imgs.float() / 255) for imgs, *_ in loader])
     calibrated = save_checkpoint(tmp_path / "cal.pt", model, names=model.names,
