@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--exist-ok", action="store_true", help="reuse an existing run directory")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume last.pt (or the latest run)")
     p.add_argument("--freeze", type=int, default=0, help="freeze the first N backbone layers")
+    p.add_argument("--freeze-detector1", action="store_true",
+                   help="dynamic models: keep detector 1 (backbone 1, neck, head 1, BN statistics) fixed and train "
+                        "the composite link, backbone 2 and head 2 only (adds a hard route to a trained detector)")
     p.add_argument("--adam", action="store_true", help="AdamW instead of SGD")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP (CUDA only)")
     p.add_argument("--cache", nargs="?", const="ram", default=False, help="cache images in RAM")
@@ -80,7 +83,7 @@ def _train(opt: argparse.Namespace, device: torch.device, dist_info: DistInfo, r
     model, extra = _model(opt, names, device, resume_ckpt)
     hyp = extra.get("hyp") or hyp_for(model, opt.hyp)
     hyp["label_smoothing"] = opt.label_smoothing
-    _freeze(de_parallel(model), opt.freeze)
+    _freeze(de_parallel(model), opt.freeze, opt.freeze_detector1)
     if opt.sync_bn and dist_info.rank >= 0:
         model = _sync_bn(model, device)
     stride = int(de_parallel(model).stride.max())
@@ -138,12 +141,19 @@ def _model(opt, names: list[str], device: torch.device, resume_ckpt: Path | None
     return model.to(device), {}
 
 
-def _freeze(model: torch.nn.Module, n: int) -> None:
-    """Freeze the first ``n`` backbone layers (of both backbones); the router stays frozen in stage 1."""
+def _freeze(model: torch.nn.Module, n: int, detector1: bool = False) -> None:
+    """Freeze the first ``n`` backbone layers (of both backbones), or all of detector 1.
+
+    The router stays frozen in stage 1. Frozen layers also keep their BatchNorm statistics
+    (the trainer leaves their BN in eval mode).
+    """
+    if detector1 and not model.is_dynamic:
+        raise ValueError("--freeze-detector1 needs a dynamic (dy-*) model")
     prefixes = [f"model.{i}." for i in range(n)]
     if model.is_dynamic:
         prefixes = [f"model_b.{i}." for i in range(n)] + [f"model_b2.{model.b2_index[i]}." for i in range(n)
                                                             if i in model.b2_index] + ["router."]
+        prefixes += ["model_b.", "model_h."] if detector1 else []
     for name, p in model.named_parameters():
         if any(name.startswith(pre) for pre in prefixes):
             p.requires_grad_(False)

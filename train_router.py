@@ -29,8 +29,8 @@ from utils.datasets import create_dataloader
 from utils.latency import route_costs
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.paths import increment_path, latest_checkpoint
-from utils.router_loss import STRATEGIES
-from utils.router_trainer import RouterTrainer, difficulty_scores, offset_on
+from utils.router_loss import STRATEGIES, estimate_offset
+from utils.router_trainer import RouterTrainer, difficulty_scores, samples_on
 from utils.torch_utils import (
     DistInfo,
     distributed_run,
@@ -89,10 +89,11 @@ def _train(opt: argparse.Namespace, device: torch.device, dist_info: DistInfo, r
     compute_loss = ComputeLoss(model, scale_loss_gains(hyp_for(model, opt.hyp), model.heads[0].nl, model.nc, opt.img_size))
     train_loader, val_loader = _loaders(opt, data, int(model.stride.max()), dist_info, model.nc)
     save_dir = shared_run_dir(opt, dist_info)
-    delta = float(extra["delta"]) if "delta" in extra else offset_on(model, train_loader, compute_loss, device,
-                                                                     dist_info)
-    LOGGER.info("adaptive offset Δ = median(L1 - L2) = %.5g", delta)
-    trainer = RouterTrainer(model, opt, compute_loss, delta, train_loader, val_loader, save_dir, device, dist_info)
+    train = samples_on(model, train_loader, compute_loss, device, dist_info, "train: detectors")
+    val = samples_on(model, val_loader, compute_loss, device, DistInfo(), "val: detectors") if val_loader else None
+    delta = float(extra["delta"]) if "delta" in extra else estimate_offset(train.l1, train.l2)
+    LOGGER.info("adaptive offset Δ = median(L1 - L2) = %.5g over %d training images", delta, len(train))
+    trainer = RouterTrainer(model, opt, delta, train, val, save_dir, device, dist_info)
     if resume_ckpt is not None:
         trainer.restore(extra)
     metrics = trainer.fit()
@@ -105,9 +106,7 @@ def calibrate(opt: argparse.Namespace) -> dict:
     device = select_device(opt.device)
     model, _ = _dynamic_model(opt, device, None)
     data = load_data_config(opt.data, require=("val",))
-    loader, _ = create_dataloader(data.val, opt.img_size, opt.batch_size, int(model.stride.max()), rect=True,
-                                  workers=opt.workers, prefix="val: ", nc=model.nc)
-    phi = difficulty_scores(model, loader, device, "val φ")
+    phi = difficulty_scores(model, _val_loader(opt, data, int(model.stride.max()), model.nc), device, "val φ")
     calib = calibration_record(phi, img_size=opt.img_size, **route_costs(model, opt.img_size))
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     out = save_dir / "weights" / "calibrated.pt"
@@ -133,17 +132,24 @@ def _dynamic_model(opt: argparse.Namespace, device: torch.device, resume_ckpt: P
 
 
 def _loaders(opt, data, stride: int, dist_info: DistInfo, nc: int):
-    """Training images (shuffled, no augmentation: the router learns on the images it will see) and val."""
+    """The training images (letterboxed, no augmentation: the router learns on the images it will see),
+    this process's share, for the one pass that collects their samples; and val (main process only).
+
+    Inference passes use twice the training batch (no gradients are kept).
+    """
     per_rank = max(opt.batch_size // dist_info.world_size, 1)
     with main_process_first(dist_info):
-        train_loader, _ = create_dataloader(data.train, opt.img_size, per_rank, stride, augment=False,
+        train_loader, _ = create_dataloader(data.train, opt.img_size, per_rank * 2, stride, augment=False,
                                             workers=opt.workers, prefix="train: ", rank=dist_info.rank,
-                                            world_size=dist_info.world_size, shuffle=True, seed=opt.seed, nc=nc)
-    val_loader = None
-    if dist_info.is_main:
-        val_loader, _ = create_dataloader(data.val, opt.img_size, per_rank * 2, stride, rect=True,
-                                          workers=opt.workers, prefix="val: ", nc=nc)
-    return train_loader, val_loader
+                                            world_size=dist_info.world_size, nc=nc)
+    return train_loader, _val_loader(opt, data, stride, nc) if dist_info.is_main else None
+
+
+def _val_loader(opt, data, stride: int, nc: int):
+    """Validation images in rect batches, the same for the per-epoch calibration and ``--calibrate``."""
+    loader, _ = create_dataloader(data.val, opt.img_size, opt.batch_size * 2, stride, rect=True,
+                                  workers=opt.workers, prefix="val: ", nc=nc)
+    return loader
 
 
 def _resume_options(opt: argparse.Namespace) -> tuple[argparse.Namespace, Path]:

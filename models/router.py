@@ -21,10 +21,18 @@ class AdaptiveRouter(nn.Module):
         self.layer1 = nn.Conv2d(d, d // reduction, kernel_size=1, bias=True)
         self.layer2 = nn.Conv2d(d // reduction, 1, kernel_size=1, bias=True)
 
+    def pool(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The global-average-pooled features, concatenated: shape (bs, d)."""
+        return torch.cat([f.mean(dim=(2, 3)) for f in feats], 1)
+
+    def logits_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid scores (bs,) from :meth:`pool`'s output."""
+        x = pooled.reshape(*pooled.shape, 1, 1)
+        return self.layer2(torch.relu(self.layer1(x))).flatten()
+
     def logits(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """Pre-sigmoid scores, shape (bs,)."""
-        pooled = torch.cat([f.mean(dim=(2, 3), keepdim=True) for f in feats], 1)
-        return self.layer2(torch.relu(self.layer1(pooled))).flatten()
+        return self.logits_from_pooled(self.pool(feats))
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.logits(feats).sigmoid()

@@ -17,7 +17,7 @@ from utils.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
 from utils.datasets import create_dataloader
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.router_loss import router_objective
-from utils.router_trainer import RouterTrainer, frozen_mode, route_batch, to_batch
+from utils.router_trainer import PooledRouter, RouterTrainer, frozen_mode, route_batch, to_batch
 
 NAMES = ["circle", "square", "triangle", "cross"]
 IMG = 64
@@ -54,12 +54,13 @@ def test_per_image_losses_do_not_depend_on_the_batch(stage1: dict) -> None:
     compute_loss = ComputeLoss(model, scale_loss_gains(hyp_for(model), model.heads[0].nl, model.nc, IMG))
     loader, _ = create_dataloader(load_data_config(stage1["data"]).train, IMG, 8, 32, workers=0)
     imgs, targets = to_batch(*next(iter(loader))[:2], torch.device("cpu"))
-    batch = route_batch(model, model.router, imgs, targets, compute_loss)
+    router = PooledRouter(model.router)
+    batch = route_batch(model, router, imgs, targets, compute_loss)
     singles = []
     for i in range(len(imgs)):
         t = targets[targets[:, 0] == i].clone()
         t[:, 0] = 0
-        singles.append(route_batch(model, model.router, imgs[i:i + 1], t, compute_loss))
+        singles.append(route_batch(model, router, imgs[i:i + 1], t, compute_loss))
     for k in ("phi", "l1", "l2"):
         torch.testing.assert_close(getattr(batch, k), torch.cat([getattr(s, k) for s in singles]), rtol=1e-4, atol=1e-5)
     delta = 0.01
@@ -104,9 +105,9 @@ def test_resume_an_interrupted_run(stage1: dict, tmp_path: Path, monkeypatch) ->
     first = read_checkpoint(last)
     assert first["epoch"] == 0
 
-    def no_second_offset_pass(*args, **kwargs):
+    def no_new_offset(*args, **kwargs):
         raise AssertionError("a resumed run reuses the stored Δ")
-    monkeypatch.setattr(train_router, "offset_on", no_second_offset_pass)
+    monkeypatch.setattr(train_router, "estimate_offset", no_new_offset)
     out = train_router.run(resume=str(last))
     ckpt = read_checkpoint(last)
     assert ckpt["epoch"] == 1 and ckpt["delta"] == first["delta"] == out["delta"]

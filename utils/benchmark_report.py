@@ -72,7 +72,7 @@ def onnx_table(configs: Sequence[Mapping]) -> list[str]:
 
 
 def router_table(configs: Sequence[Mapping]) -> list[str]:
-    rows = []
+    rows, notes = [], []
     for c in configs:
         r = c.get("router_training")
         if not r:
@@ -81,8 +81,15 @@ def router_table(configs: Sequence[Mapping]) -> list[str]:
         for b, s in r["steps"].items():
             rows.append([f"`{c['cfg']}`", str(r["img_size"]), str(b), _ms(s), _num(m["images_per_s"][b], 2),
                          _num(m["speedup_vs_batch1"][b], 2)])
+        passes = m.get("collect_images_per_s") or {}
+        if passes:
+            rates = ", ".join(f"{_num(v, 2)} images/s at batch {b}" for b, v in passes.items())
+            notes.append(f"`{c['cfg']}` @ {r['img_size']}: the one-off sample pass (frozen detectors and their "
+                         f"losses, once per image) runs at {rates}.")
     header = ["config", "img", "batch", "step ms", "images/s", "vs batch 1"]
-    return ["## Router training", ""] + _table(header, rows) if rows else []
+    if not rows:
+        return []
+    return ["## Router training", ""] + _table(header, rows) + ([""] + notes if notes else [])
 
 
 def goals_table(goals: Sequence[Mapping]) -> list[str]:

@@ -71,10 +71,16 @@ def onnx_metrics(ort: Mapping[str, Mapping], eager: Mapping[str, Mapping],
     return out
 
 
-def router_metrics(steps: Mapping[int, Mapping]) -> dict:
-    """Images/s per batch size (from the median step time) and the speed-up over batch 1."""
+def router_metrics(steps: Mapping[int, Mapping], collect: Mapping[int, Mapping] | None = None) -> dict:
+    """Images/s per batch size (from the median step time) and the speed-up over batch 1.
+
+    ``collect``: timings of the one-off sample pass per batch size, reported as images/s.
+    """
     ips = {int(b): ratio(int(b), median(s) / 1e3) for b, s in steps.items()}
-    return {"images_per_s": ips, "speedup_vs_batch1": {b: ratio(v, ips.get(1)) for b, v in ips.items()}}
+    out = {"images_per_s": ips, "speedup_vs_batch1": {b: ratio(v, ips.get(1)) for b, v in ips.items()}}
+    if collect:
+        out["collect_images_per_s"] = {int(b): ratio(int(b), median(s) / 1e3) for b, s in collect.items()}
+    return out
 
 
 # ---- goals of issue #6 -----------------------------------------------------------------------

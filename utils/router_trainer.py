@@ -1,8 +1,10 @@
 """Stage-2 training loop of DynamicDet: the router on frozen detectors (paper Sec. 3.3).
 
-Only the router learns. Backbone 1, backbone 2 and both heads run under ``no_grad`` with every
-BatchNorm in eval mode (running statistics used and never updated); the router then runs with
-gradients on the detached backbone-1 features. Under torchrun only the router is wrapped in DDP.
+Only the router learns. Backbone 1, backbone 2 and both heads run once per image, without
+gradients and with every BatchNorm in eval mode, to collect the router's pooled inputs and both
+detectors' losses (:mod:`utils.router_cache`); the epochs then train the router's FC layers on
+those samples, which is exact because nothing upstream changes. Under torchrun every process
+collects its share, the shares are gathered, and only the router is wrapped in DDP.
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -24,7 +25,8 @@ from utils.calibration import calibration_record
 from utils.checkpoints import save_checkpoint
 from utils.latency import route_costs
 from utils.loss import ComputeLoss
-from utils.router_loss import estimate_offset, router_objective
+from utils.router_cache import RouterSamples, batch_samples, collect_samples, epoch_batches, gather_samples
+from utils.router_loss import router_objective
 from utils.torch_utils import DistInfo
 from utils.trainer import _append_csv, _truncate_csv, yaml_safe
 
@@ -38,6 +40,17 @@ class RouteBatch(NamedTuple):
     phi: torch.Tensor
     l1: torch.Tensor
     l2: torch.Tensor
+
+
+class PooledRouter(nn.Module):
+    """The router's FC layers on pooled inputs (what DDP wraps: the detectors never run in training)."""
+
+    def __init__(self, router: nn.Module) -> None:
+        super().__init__()
+        self.router = router
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.router.logits_from_pooled(pooled).sigmoid()
 
 
 def freeze_detectors(model: nn.Module) -> list[nn.Parameter]:
@@ -56,63 +69,23 @@ def frozen_mode(model: nn.Module) -> nn.Module:
     return model
 
 
-def router_inputs(model: nn.Module, feats: list) -> list[torch.Tensor]:
-    """The backbone-1 features the router pools, detached and in float32."""
-    return [feats[p].detach().float() for p in model._router_pos]
-
-
-def detector_losses(model: nn.Module, feats: list, targets: torch.Tensor, imgs: torch.Tensor,
-                    compute_loss: ComputeLoss) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image losses (L1, L2) of both detectors on backbone-1 features (no gradients)."""
-    with torch.no_grad():
-        with torch.autocast(device_type="cuda", enabled=imgs.is_cuda):
-            outputs = (model.detector1(feats), model.detector2(feats))
-        per_image = compute_loss(outputs, targets, imgs, reduction="none")
-    return per_image[0], per_image[1]
-
-
-def route_batch(model: nn.Module, router: nn.Module, imgs: torch.Tensor, targets: torch.Tensor,
-                compute_loss: ComputeLoss) -> RouteBatch:
-    """φ with gradients through ``router`` only; everything else computed once without them."""
-    with torch.no_grad(), torch.autocast(device_type="cuda", enabled=imgs.is_cuda):
-        feats, _ = model.backbone1(imgs)
-    l1, l2 = detector_losses(model, feats, targets, imgs, compute_loss)
-    return RouteBatch(router(router_inputs(model, feats)), l1, l2)
-
-
 def to_batch(imgs: torch.Tensor, targets: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 loader images -> float in [0, 1] on ``device``; targets moved along."""
     return imgs.to(device, non_blocking=True).float() / 255.0, targets.to(device)
 
 
-@torch.no_grad()
-def collect(model: nn.Module, loader, compute_loss: ComputeLoss, device: torch.device,
-            desc: str = "", show: bool = True) -> RouteBatch:
-    """φ, L1 and L2 of every image ``loader`` yields (this process's share under DDP)."""
-    parts = []
-    for imgs, targets, _, _ in tqdm(loader, desc=desc, disable=not show, leave=False):
-        imgs, targets = to_batch(imgs, targets, device)
-        parts.append(route_batch(model, model.router, imgs, targets, compute_loss))
-    if not parts:
-        raise ValueError(f"{desc or 'loader'}: no images")
-    return RouteBatch(*(torch.cat([getattr(p, k).float().cpu() for p in parts]) for k in RouteBatch._fields))
+def route_batch(model: nn.Module, router: nn.Module, imgs: torch.Tensor, targets: torch.Tensor,
+                compute_loss: ComputeLoss) -> RouteBatch:
+    """φ (through ``router``, a :class:`PooledRouter`) with L1, L2 of one batch of images."""
+    pooled, l1, l2 = batch_samples(model, imgs, targets, compute_loss)
+    return RouteBatch(router(pooled), l1, l2)
 
 
-def gather(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """``values`` of every process, concatenated (unchanged when not distributed)."""
-    if info.rank < 0:
-        return values
-    out: list = [None] * info.world_size
-    dist.all_gather_object(out, values.cpu())
-    return torch.cat(out)
-
-
-def offset_on(model: nn.Module, loader, compute_loss: ComputeLoss, device: torch.device,
-              info: DistInfo) -> float:
-    """Δ: median of L1 - L2 over all training images (one pass; every process gets the same)."""
+def samples_on(model: nn.Module, loader, compute_loss: ComputeLoss, device: torch.device, info: DistInfo,
+               desc: str) -> RouterSamples:
+    """Every image's router input and losses (one pass, all processes' shares gathered)."""
     frozen_mode(model)
-    res = collect(model, loader, compute_loss, device, "adaptive offset", info.is_main)
-    return estimate_offset(gather(res.l1, info), gather(res.l2, info))
+    return gather_samples(collect_samples(model, loader, compute_loss, device, desc, info.is_main), info)
 
 
 def routed_loss(res: RouteBatch, percent: float) -> float:
@@ -144,14 +117,17 @@ class RouterState:
 
 @dataclass
 class RouterTrainer:
-    """Trains ``model.router`` by ``opt.strategy`` for ``opt.epochs`` epochs; ``fit()`` runs the rest."""
+    """Trains ``model.router`` by ``opt.strategy`` for ``opt.epochs`` epochs; ``fit()`` runs the rest.
+
+    ``train`` holds every training image's samples (gathered over processes), ``val`` the
+    validation images' (main process only; None elsewhere).
+    """
 
     model: nn.Module
     opt: Any  # train_router.py options
-    compute_loss: ComputeLoss
     delta: float
-    train_loader: Any
-    val_loader: Any  # None on processes other than the main one
+    train: RouterSamples
+    val: RouterSamples | None
     save_dir: Path
     device: torch.device
     dist: DistInfo = field(default_factory=DistInfo)
@@ -167,8 +143,9 @@ class RouterTrainer:
             self.costs = route_costs(self.model, self.opt.img_size)
             LOGGER.info("route costs at %d px: %s", self.opt.img_size,
                         ", ".join(f"{k} {v:.4g}" for k, v in self.costs.items()))
-        self.router = DDP(self.model.router, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
-            if self.dist.rank >= 0 else self.model.router
+        head = PooledRouter(self.model.router)
+        self.router = DDP(head, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
+            if self.dist.rank >= 0 else head
 
     def restore(self, extra: dict) -> None:
         """Optimizer and counters from a last.pt (the router weights came with the model)."""
@@ -187,23 +164,21 @@ class RouterTrainer:
         return metrics
 
     def _train_epoch(self, epoch: int) -> float:
-        frozen_mode(self.model)
-        if hasattr(self.train_loader.sampler, "set_epoch"):
-            self.train_loader.sampler.set_epoch(epoch)
-        total, n = 0.0, 0
-        bar = tqdm(self.train_loader, desc=f"router epoch {epoch + 1}/{self.opt.epochs}",
-                   disable=not self.dist.is_main, leave=False)
-        for imgs, targets, paths, _ in bar:
-            total += self._step(imgs, targets, paths)
-            n += 1
+        per_rank = max(self.opt.batch_size // max(self.dist.world_size, 1), 1)
+        batches = epoch_batches(len(self.train), per_rank, epoch, self.opt.seed, self.dist)
+        total = 0.0
+        bar = tqdm(batches, desc=f"router epoch {epoch + 1}/{self.opt.epochs}", disable=not self.dist.is_main,
+                   leave=False)
+        for n, idx in enumerate(bar, 1):
+            total += self.step(self.train.subset(idx))
             bar.set_postfix(loss=f"{total / n:.4f}")
-        return total / max(n, 1)
+        return total / max(len(batches), 1)
 
-    def _step(self, imgs: torch.Tensor, targets: torch.Tensor, paths) -> float:
-        imgs, targets = to_batch(imgs, targets, self.device)
-        res = route_batch(self.model, self.router, imgs, targets, self.compute_loss)
-        loss = router_objective(self.opt.strategy, res.phi, res.l1, res.l2, self.delta,
-                                keys=[Path(p).name for p in paths], seed=self.opt.seed)
+    def step(self, batch: RouterSamples) -> float:
+        """One AdamW step of the router on a batch of samples; returns the batch loss."""
+        phi = self.router(batch.pooled.to(self.device))
+        loss = router_objective(self.opt.strategy, phi, batch.l1.to(self.device), batch.l2.to(self.device),
+                                self.delta, keys=batch.names, seed=self.opt.seed)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"router loss became {loss.item()}; check the stage-1 weights")
         self.optimizer.zero_grad(set_to_none=True)
@@ -211,9 +186,15 @@ class RouterTrainer:
         self.optimizer.step()
         return loss.item()
 
+    @torch.no_grad()
+    def val_routes(self) -> RouteBatch:
+        """φ of the current router and L1, L2 on the validation images."""
+        phi = self.model.router.logits_from_pooled(self.val.pooled.to(self.device)).sigmoid().cpu()
+        return RouteBatch(phi, self.val.l1, self.val.l2)
+
     # ---- end of epoch ------------------------------------------------------------------
     def _end_epoch(self, epoch: int, train_loss: float, seconds: float) -> dict:
-        res = collect(frozen_mode(self.model), self.val_loader, self.compute_loss, self.device, "val φ")
+        res = self.val_routes()
         metrics = {"router_loss": float(router_objective("adaptive", res.phi, res.l1, res.l2, self.delta)),
                    "routed_loss": float(np.mean([routed_loss(res, k) for k in HARD_PERCENTS]))}
         fit = -metrics["routed_loss"]

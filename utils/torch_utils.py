@@ -108,6 +108,21 @@ class ModelEMA:
                 v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
 
 
+def train_keep_frozen_bn(model: nn.Module) -> nn.Module:
+    """``model.train()``, then every BatchNorm whose parameters are all frozen back to eval mode.
+
+    A frozen layer must stay what it was: in train mode its BatchNorm would normalise with batch
+    statistics and keep updating its running ones, so "frozen" weights would still drift.
+    """
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
+    return model
+
+
 def time_sync() -> float:
     """Wall time after pending CUDA work finishes."""
     if torch.cuda.is_available():

@@ -20,7 +20,7 @@ from utils.checkpoints import save_checkpoint
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.metrics import fitness
 from utils.optim import build_optimizer, one_cycle, warmup
-from utils.torch_utils import DistInfo, ModelEMA, de_parallel
+from utils.torch_utils import DistInfo, ModelEMA, de_parallel, train_keep_frozen_bn
 
 LOGGER = logging.getLogger("dydet.train")
 NOMINAL_BATCH = 64
@@ -101,7 +101,7 @@ class Trainer:
         return metrics
 
     def _train_epoch(self, epoch: int) -> np.ndarray:
-        self.model.train()
+        train_keep_frozen_bn(self.model)  # frozen layers (--freeze, --freeze-detector1) keep their BN
         if hasattr(self.train_loader.sampler, "set_epoch"):
             self.train_loader.sampler.set_epoch(epoch)
         nb, mloss = len(self.train_loader), None
