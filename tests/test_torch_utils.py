@@ -49,3 +49,23 @@ def test_latest_checkpoint(tmp_path) -> None:
         (w / "last.pt").write_bytes(b"x")
         os.utime(w / "last.pt", (_time.time() + i, _time.time() + i))
     assert latest_checkpoint(tmp_path) == tmp_path / "b" / "weights" / "last.pt"
+
+
+def test_ema_leaves_frozen_entries_bit_identical() -> None:
+    from utils.torch_utils import train_keep_frozen_bn
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 2, 1))
+    for p in list(model[0].parameters()) + list(model[1].parameters()):
+        p.requires_grad_(False)
+    train_keep_frozen_bn(model)
+    assert not model[1].training and model[2].training
+    ema = ModelEMA(model, decay=0.5, tau=1e-9)
+    assert ema.frozen == {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+                          "1.num_batches_tracked"}
+    before = {k: v.clone() for k, v in ema.ema.state_dict().items()}
+    with torch.no_grad():
+        model(torch.rand(2, 3, 4, 4))  # eval-mode BN: running statistics unchanged
+        model[2].weight.add_(1.0)
+    ema.update(model)
+    after = ema.ema.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in ema.frozen)
+    torch.testing.assert_close(after["2.weight"], before["2.weight"] + 0.5)

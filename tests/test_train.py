@@ -219,3 +219,27 @@ def test_remaining_flags_in_one_short_run(demo: dict, tmp_path: Path) -> None:
         # frozen layers and the stage-1 router keep their initial values (seeded build)
         torch.testing.assert_close(ckpt["train_model"][key], first[key])
     assert not torch.equal(ckpt["train_model"]["model_b.5.conv.weight"], first["model_b.5.conv.weight"])
+
+
+def test_freeze_detector1_adds_a_hard_route_and_keeps_the_easy_one(demo: dict, tmp_path: Path) -> None:
+    from utils.checkpoints import load_checkpoint, save_checkpoint
+    torch.manual_seed(0)
+    plain = build_model("yolov7-tiny", names=["circle", "square", "triangle", "cross"])
+    with torch.no_grad():
+        plain.train()(torch.rand(4, 3, 64, 64))  # BN statistics a frozen detector must keep
+    weights = save_checkpoint(tmp_path / "plain.pt", plain, names=plain.names)
+    start = load_checkpoint(weights, cfg="dy-yolov7-tiny")[0].state_dict()
+    out = train.run(cfg="dy-yolov7-tiny", weights=str(weights), data=str(demo["data"]), hyp=str(demo["hyp"]),
+                    img_size=64, epochs=2, batch_size=8, workers=0, device="cpu", project=str(tmp_path),
+                    name="d1", noval=True, plots=False, freeze_detector1=True)
+    ckpt = read_checkpoint(out["last"])
+    for entry in ("model", "train_model"):  # the EMA weights and the raw ones
+        state = ckpt[entry]
+        det1 = [k for k in start if k.startswith(("model_b.", "model_h."))]
+        changed = [k for k in det1 if not torch.equal(state[k].float(), start[k].float())]
+        assert not changed, (entry, changed[:5])  # weights and BN statistics bit-identical
+        det2 = [k for k in start if k.startswith(("model_b2.", "model_h2.")) and start[k].is_floating_point()]
+        assert sum(not torch.equal(state[k].float(), start[k].float()) for k in det2) > len(det2) // 2
+    with pytest.raises(ValueError, match="needs a dynamic"):
+        train.run(cfg="yolov7-tiny", data=str(demo["data"]), img_size=64, epochs=1, workers=0, device="cpu",
+                  project=str(tmp_path), name="bad", noval=True, plots=False, freeze_detector1=True)

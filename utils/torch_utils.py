@@ -87,13 +87,19 @@ def de_parallel(model: nn.Module) -> nn.Module:
 
 
 class ModelEMA:
-    """Exponential moving average of weights with a warm-up ramp (decay * (1 - exp(-updates / tau)))."""
+    """Exponential moving average of weights with a warm-up ramp (decay * (1 - exp(-updates / tau))).
+
+    Entries that cannot change (frozen parameters, and the BatchNorm statistics of frozen
+    layers) are left out of the average, so they stay bit-identical to the model's.
+    """
 
     def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0, updates: int = 0) -> None:
-        self.ema = copy.deepcopy(de_parallel(model)).eval()
+        bare = de_parallel(model)
+        self.ema = copy.deepcopy(bare).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
         self.decay, self.tau, self.updates = decay, tau, updates
+        self.frozen = _frozen_entries(bare)
 
     def _decay(self) -> float:
         return self.decay * (1 - math.exp(-self.updates / self.tau))
@@ -104,8 +110,20 @@ class ModelEMA:
         d = self._decay()
         msd = de_parallel(model).state_dict()
         for k, v in self.ema.state_dict().items():
-            if v.dtype.is_floating_point:
+            if v.dtype.is_floating_point and k not in self.frozen:
                 v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+
+
+def _frozen_entries(model: nn.Module) -> set[str]:
+    """State-dict keys of frozen parameters and of the buffers of BatchNorms whose parameters are all frozen."""
+    keys = set()
+    for name, m in model.named_modules():
+        params = dict(m.named_parameters(recurse=False))
+        frozen = {k for k, p in params.items() if not p.requires_grad}
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and params and len(frozen) == len(params):
+            frozen |= {k for k, _ in m.named_buffers(recurse=False)}
+        keys |= {f"{name}.{k}" if name else k for k in frozen}
+    return keys
 
 
 def train_keep_frozen_bn(model: nn.Module) -> nn.Module:
