@@ -56,6 +56,9 @@ def test_mixed_onnx_and_router_metrics_from_fake_timings() -> None:
     r = router_metrics({1: _s(100.0), 8: _s(400.0), 16: _s(600.0)})
     assert r["images_per_s"] == pytest.approx({1: 10.0, 8: 20.0, 16: 16 / 0.6})
     assert r["speedup_vs_batch1"] == pytest.approx({1: 1.0, 8: 2.0, 16: 16 / 0.6 / 10.0})
+    assert "collect_images_per_s" not in r
+    assert router_metrics({1: _s(10.0)}, {1: _s(500.0), 16: _s(4000.0)})["collect_images_per_s"] == pytest.approx(
+        {1: 2.0, 16: 4.0})
 
 
 def _fake_record(img_size: int = 640) -> dict:
@@ -64,13 +67,14 @@ def _fake_record(img_size: int = 640) -> dict:
     ort = {"dynamic_easy": _s(60.0), "dynamic_hard": _s(130.0), "static_easy": _s(59.0), "static_hard": _s(120.0)}
     eager = {"easy": _s(100.0), "hard": _s(190.0)}
     steps = {1: _s(100.0), 8: _s(300.0), 16: _s(500.0)}
+    collect = {1: _s(500.0), 16: _s(4000.0)}
     return {"cfg": "dy-fake", "img_size": img_size, "dynamic": True, "plain_cfg": "fake", "gflops": gflops,
             "modes": {"fast": {"latency": lat, "metrics": latency_metrics(lat, gflops)}},
             "mixed_batch": {"mode": "fast", "batch": 16, "n_hard": 8, "mixed": _s(1000.0), "easy_part": _s(400.0),
                             "hard_part": _s(560.0), "metrics": mixed_metrics(_s(1000.0), _s(400.0), _s(560.0), 16)},
             "onnx": {"status": "ok", "ort": ort, "eager": eager, "metrics": onnx_metrics(ort, eager)},
-            "router_training": {"status": "ok", "img_size": img_size, "steps": steps,
-                                "metrics": router_metrics(steps)}}
+            "router_training": {"status": "ok", "img_size": img_size, "steps": steps, "collect": collect,
+                                "metrics": router_metrics(steps, collect)}}
 
 
 def test_goals_are_checked_against_the_issue_targets() -> None:
@@ -96,6 +100,8 @@ def test_markdown_has_every_section() -> None:
     md = markdown(result)
     for title in ("## Latency", "## Mixed batch", "## ONNX Runtime", "## Router training", "## Goals"):
         assert title in md
+    assert "sample pass (frozen detectors and their losses, once per image) runs at 2.00 images/s at batch 1, " \
+           "4.00 images/s at batch 16" in md
     assert "| `dy-fake` | 640 | fast | 100.0 [100.0–100.0] | 190.0 [190.0–190.0] | 99.0 [99.0–99.0] |" in md
     skipped = {**rec, "onnx": {"status": "skipped: ONNX export not available (test)"}}
     assert "skipped: ONNX export not available" in markdown({**result, "configs": [skipped]})
@@ -150,6 +156,8 @@ def test_end_to_end_tiny(tmp_path: Path) -> None:
     assert sorted(int(b) for b in router["steps"]) == [1, 2, 8]
     ips = router["metrics"]["images_per_s"]
     assert ips["2"] == pytest.approx(2 / (router["steps"]["2"]["median"] / 1e3))
+    assert sorted(router["collect"]) == ["1", "8"]  # the one-off sample pass, at batch 1 and the largest
+    assert router["metrics"]["collect_images_per_s"]["8"] == pytest.approx(8 / (router["collect"]["8"]["median"] / 1e3))
     assert "onnx" not in rec and {g["goal"] for g in saved["goals"]} >= {"routing_overhead", "mixed_efficiency"}
     for title in ("## Latency", "## Mixed batch", "## Router training", "## Goals"):
         assert title in md
