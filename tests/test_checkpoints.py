@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,15 @@ def test_failed_save_keeps_previous_file(tmp_path: Path, tiny: nn.Module,
         save_checkpoint(path, tiny, names=tiny.names, meta={"epoch": 2})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+
+
+def test_saved_file_has_the_usual_permissions(tmp_path: Path, tiny: nn.Module) -> None:
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "w.pt", tiny, names=tiny.names)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600
 
 
 def test_failed_first_save_leaves_nothing(tmp_path: Path, tiny: nn.Module,
