@@ -11,7 +11,8 @@ import benchmark
 from utils.benchmark import parse_skip, plain_counterpart
 from utils.benchmark_report import markdown
 from utils.benchmark_stats import (
-    check_goals, gflops_per_s, latency_metrics, mixed_metrics, onnx_metrics, ratio, router_metrics, summarize,
+    check_goals, gflops_per_s, latency_metrics, median, mixed_metrics, onnx_metrics, paired_ratio, ratio, router_metrics,
+    summarize,
 )
 from utils.benchmark_timing import interleaved
 
@@ -41,6 +42,16 @@ def test_latency_metrics_from_fake_timings() -> None:
     assert m["gflops_per_s"] == pytest.approx({"easy": 100.0, "hard": 80.0, "plain": 10.0 / 0.095})
     assert m["routing_overhead"] == pytest.approx(100.0 / 95.0)
     assert m["hard_vs_easy_gflops_per_s"] == pytest.approx(0.8)
+
+
+def test_paired_ratio_cancels_a_drift_between_rounds() -> None:
+    easy, plain = summarize([100.0, 300.0, 110.0]), summarize([95.0, 290.0, 100.0])  # round 2: machine slowed
+    assert paired_ratio([easy], [plain]) == pytest.approx(100 / 95)  # rounds: 1.053, 1.034, 1.100
+    assert median(easy) / median(plain) == pytest.approx(1.1)  # the ratio of medians mixes rounds
+    parts = paired_ratio([summarize([1.0, 2.0]), summarize([3.0, 4.0])], [summarize([5.0, 5.0])])
+    assert parts == pytest.approx((4 / 5 + 6 / 5) / 2)
+    assert paired_ratio([easy], [summarize([1.0])]) == pytest.approx(110.0)  # unpaired: ratio of medians
+    assert paired_ratio([easy], [None]) is None
 
 
 def test_mixed_onnx_and_router_metrics_from_fake_timings() -> None:
@@ -144,14 +155,18 @@ def test_end_to_end_tiny(tmp_path: Path) -> None:
         lat, m = rec["modes"][mode]["latency"], rec["modes"][mode]["metrics"]
         assert set(lat) == {"easy", "hard", "plain"} and all(len(s["times"]) == 2 for s in lat.values())
         med = {r: sorted(s["times"])[0] / 2 + sorted(s["times"])[1] / 2 for r, s in lat.items()}
-        assert m["routing_overhead"] == pytest.approx(med["easy"] / med["plain"])
+        t = {r: s["times"] for r, s in lat.items()}
+        per_round = [t["easy"][i] / t["plain"][i] for i in range(2)]
+        assert m["routing_overhead"] == pytest.approx(sum(per_round) / 2)  # median of the rounds' ratios
         rate = {r: rec["gflops"][r] / (med[r] / 1e3) for r in med}
         assert m["gflops_per_s"] == pytest.approx(rate)
-        assert m["hard_vs_easy_gflops_per_s"] == pytest.approx(rate["hard"] / rate["easy"])
+        g = rec["gflops"]
+        hard_vs_easy = [g["hard"] / t["hard"][i] / (g["easy"] / t["easy"][i]) for i in range(2)]
+        assert m["hard_vs_easy_gflops_per_s"] == pytest.approx(sum(hard_vs_easy) / 2)
     mb = rec["mixed_batch"]
     assert (mb["batch"], mb["n_hard"], mb["mode"]) == (4, 2, "fast")
-    assert mb["metrics"]["efficiency"] == pytest.approx(
-        (mb["easy_part"]["median"] + mb["hard_part"]["median"]) / mb["mixed"]["median"])
+    rounds = zip(mb["easy_part"]["times"], mb["hard_part"]["times"], mb["mixed"]["times"])
+    assert mb["metrics"]["efficiency"] == pytest.approx(sum((e + h) / m for e, h, m in rounds) / 2)
     router = rec["router_training"]
     assert sorted(int(b) for b in router["steps"]) == [1, 2, 8]
     ips = router["metrics"]["images_per_s"]

@@ -37,19 +37,41 @@ def median(summary: Mapping | None) -> float | None:
     return None if summary is None else summary["median"]
 
 
+def paired_ratio(num: Sequence[Mapping | None], den: Sequence[Mapping | None]) -> float | None:
+    """Median over interleaved rounds of sum(num times) / sum(den times) within each round.
+
+    Each round times every function once, back to back, so a slow drift of the machine's speed
+    cancels in each round's ratio: on a noisy machine this is steadier than a ratio of medians.
+    Falls back to the ratio of the summed medians when the timings are not paired round by round.
+    """
+    if any(s is None for s in (*num, *den)):
+        return None
+    runs = [s.get("times") or [] for s in (*num, *den)]
+    n = len(runs[0])
+    if n == 0 or any(len(r) != n for r in runs):
+        return ratio(sum(median(s) for s in num), sum(median(s) for s in den))
+    k = len(num)
+    per_round = [sum(r[i] for r in runs[:k]) / sum(r[i] for r in runs[k:]) for i in range(n)]
+    return statistics.median(per_round)
+
+
 def latency_metrics(latency: Mapping[str, Mapping], gflops: Mapping[str, float]) -> dict:
-    """GFLOP/s per route, routing overhead (easy / plain) and hard-vs-easy GFLOP/s."""
+    """GFLOP/s per route (from median latencies); routing overhead (easy / plain) and hard-vs-easy
+    GFLOP/s as paired per-round ratios."""
     ms = {r: median(latency.get(r)) for r in ROUTES}
     rate = {r: gflops_per_s(gflops.get(r), ms[r]) for r in ROUTES if ms[r] is not None}
+    easy_over_hard = paired_ratio([latency.get("easy")], [latency.get("hard")])
+    gflops_ratio = ratio(gflops.get("hard"), gflops.get("easy"))
     return {"gflops_per_s": rate,
-            "routing_overhead": ratio(ms["easy"], ms["plain"]),
-            "hard_vs_easy_gflops_per_s": ratio(rate.get("hard"), rate.get("easy"))}
+            "routing_overhead": paired_ratio([latency.get("easy")], [latency.get("plain")]),
+            "hard_vs_easy_gflops_per_s": None if None in (easy_over_hard, gflops_ratio)
+            else gflops_ratio * easy_over_hard}
 
 
 def mixed_metrics(mixed: Mapping, easy_part: Mapping, hard_part: Mapping, batch: int) -> dict:
-    """Mixed-batch efficiency: ideal (easy part alone + hard part alone) / mixed batch time."""
+    """Mixed-batch efficiency: ideal (easy part alone + hard part alone) / mixed batch, per round."""
     ideal = median(easy_part) + median(hard_part)
-    return {"ideal_ms": ideal, "efficiency": ratio(ideal, median(mixed)),
+    return {"ideal_ms": ideal, "efficiency": paired_ratio([easy_part, hard_part], [mixed]),
             "images_per_s": ratio(batch, median(mixed) / 1e3),
             "ideal_images_per_s": ratio(batch, ideal / 1e3)}
 
