@@ -187,6 +187,7 @@ class DyModel(DetectorBase):
         return self.backbone1(x)[1]
 
     def _routed(self, feats: list, hard: torch.Tensor) -> torch.Tensor:
+        """Each image through its route; a mixed batch consumes (empties) ``feats``."""
         n_hard = int(hard.sum())
         if n_hard == 0:
             return self.detector1(feats)
@@ -194,8 +195,12 @@ class DyModel(DetectorBase):
             return self.detector2(feats)
         hard_idx = hard.nonzero().flatten()
         easy_idx = (~hard).nonzero().flatten()
-        pred_easy = self.detector1(_subset(feats, easy_idx, self._reads1))
-        pred_hard = self.detector2(_subset(feats, hard_idx, self._reads2))
+        feats_easy = _subset(feats, easy_idx, self._reads1)
+        feats_hard = _subset(feats, hard_idx, self._reads2)
+        feats.clear()  # the whole batch's features are not needed any more: free them before the heads run
+        pred_easy = self.detector1(feats_easy)
+        del feats_easy
+        pred_hard = self.detector2(feats_hard)
         out = pred_easy.new_empty((hard.numel(), *pred_easy.shape[1:]))
         out.index_copy_(0, easy_idx, pred_easy)
         out.index_copy_(0, hard_idx, pred_hard)
