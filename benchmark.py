@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from utils.benchmark import SECTIONS, run_benchmark
+from utils.benchmark.runner import SECTIONS, run_benchmark
 from utils.torch_utils import merge_options
 
 

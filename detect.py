@@ -24,9 +24,9 @@ from tqdm import tqdm
 from dydet import DyDet
 from utils.cli import script_main
 from utils.paths import increment_path
-from utils.plots import _write_image
-from utils.results import Result
-from utils.sources import open_source
+from utils.evaluation.plots import _write_image
+from utils.inference.results import Result
+from utils.data.sources import open_source
 
 LOGGER = logging.getLogger("dydet.detect")
 WRITABLE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from utils.backends import load_model
-from utils.calibration import resolve_threshold
-from utils.evaluator import to_original
-from utils.predictor import BatchPrediction, Predictor
-from utils.results import Result
-from utils.sources import Batch, as_source, iter_batches
+from utils.weights.backends import load_model
+from utils.routing.calibration import resolve_threshold
+from utils.evaluation.evaluator import to_original
+from utils.inference.predictor import BatchPrediction, Predictor
+from utils.inference.results import Result
+from utils.data.sources import Batch, as_source, iter_batches
 
 LOGGER = logging.getLogger("dydet")
 

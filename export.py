@@ -18,11 +18,11 @@ from pathlib import Path
 import onnx
 import torch
 
-from utils.backends import is_onnx, load_model
-from utils.calibration import resolve_threshold
+from utils.weights.backends import is_onnx, load_model
+from utils.routing.calibration import resolve_threshold
 from utils.cli import script_main
-from utils.export_parity import ScriptBackend, parity
-from utils.exporters import (
+from utils.export.parity import ScriptBackend, parity
+from utils.export.exporters import (
     ExportOptions,
     atomic_write,
     onnx_graph,
@@ -32,8 +32,8 @@ from utils.exporters import (
     torchscript_module,
 )
 from utils.flops import route_gflops
-from utils.onnx_graph import DEFAULT_OPSET
-from utils.onnx_model import OnnxModel
+from utils.export.onnx_graph import DEFAULT_OPSET
+from utils.export.onnx_model import OnnxModel
 
 LOGGER = logging.getLogger("dydet.export")
 FORMATS = ("onnx", "torchscript")

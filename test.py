@@ -15,15 +15,15 @@ import torch
 from tqdm import tqdm
 
 from models.dynamic import route_mask
-from utils.backends import load_model
-from utils.calibration import resolve_threshold
+from utils.weights.backends import load_model
+from utils.routing.calibration import resolve_threshold
 from utils.cli import script_main
-from utils.data_config import load_data_config
-from utils.datasets import create_dataloader
-from utils.evaluator import DetectionStats, ground_truth, to_original
+from utils.data.config import load_data_config
+from utils.data.datasets import create_dataloader
+from utils.evaluation.evaluator import DetectionStats, ground_truth, to_original
 from utils.flops import route_gflops
 from utils.paths import increment_path
-from utils.predictor import BatchPrediction, Predictor
+from utils.inference.predictor import BatchPrediction, Predictor
 
 LOGGER = logging.getLogger("dydet.test")
 
@@ -154,7 +154,7 @@ def _needs_latency(calibration: dict | None, target_latency: float | None) -> bo
 
 
 def _route_latency(model, img_size: int) -> dict[str, float]:
-    from utils.latency import inference_copy, route_latency
+    from utils.routing.latency import inference_copy, route_latency
     latency = route_latency(inference_copy(model), img_size)
     LOGGER.info("measured route latencies at %d px: easy %.1f ms, hard %.1f ms", img_size,
                 latency["easy"], latency["hard"])
@@ -163,7 +163,8 @@ def _route_latency(model, img_size: int) -> dict[str, float]:
 
 def _routing_analysis(model, extras, calibration, threshold, img_size, gflops, dy_sweep, save_dir, plots) -> dict:
     """φ histogram and gallery, threshold stability and (``dy_sweep``) the accuracy-speed sweep."""
-    from utils import routing_report, sweep
+    from utils.routing import report as routing_report
+    from utils.routing import sweep
     phi, out = extras["_phi"], {}
     if phi is None or not len(phi):
         return out
@@ -220,7 +221,7 @@ def _summarise(streams, timing, n, routes, gflops, pixels, img_size, plot_dir, p
 
 
 def _plot_batch(imgs, labels, paths, dets, names, save_dir: Path, b: int) -> None:
-    from utils.plots import plot_images
+    from utils.evaluation.plots import plot_images
     plot_images(imgs, labels, paths, names, save_dir / f"test_batch{b}_labels.jpg")
     preds = [d.cpu() for d in dets]
     plot_images(imgs, preds, paths, names, save_dir / f"test_batch{b}_pred.jpg")
@@ -243,7 +244,7 @@ def _report(res: dict, names: list[str], verbose: bool) -> None:
 
 
 def _save_json(preds, path: Path) -> None:
-    from utils.metrics import coco_json_predictions
+    from utils.evaluation.metrics import coco_json_predictions
     ids = [int(Path(p).stem) if Path(p).stem.isnumeric() else Path(p).stem for p, _ in preds]
     path.write_text(json.dumps(coco_json_predictions([d for _, d in preds], ids)))
 

@@ -16,10 +16,10 @@ import torch
 import yaml
 
 from models.yolo import build_model
-from utils.checkpoints import CheckpointError, load_checkpoint
+from utils.weights.checkpoints import CheckpointError, load_checkpoint
 from utils.cli import script_main
-from utils.data_config import hyp_for, load_data_config
-from utils.datasets import create_dataloader
+from utils.data.config import hyp_for, load_data_config
+from utils.data.datasets import create_dataloader
 from utils.paths import latest_checkpoint
 from utils.torch_utils import (
     DistInfo,
@@ -29,7 +29,7 @@ from utils.torch_utils import (
     merge_options,
     shared_run_dir,
 )
-from utils.trainer import Trainer, yaml_safe
+from utils.train.trainer import Trainer, yaml_safe
 
 LOGGER = logging.getLogger("dydet.train")
 
@@ -109,7 +109,7 @@ def _resume_options(opt: argparse.Namespace) -> tuple[argparse.Namespace, Path]:
     ckpt = Path(opt.resume) if isinstance(opt.resume, str) else latest_checkpoint(opt.project)
     if not ckpt.is_file():
         raise FileNotFoundError(f"--resume: checkpoint {ckpt} not found")
-    from utils.checkpoints import read_checkpoint
+    from utils.weights.checkpoints import read_checkpoint
     extra = read_checkpoint(ckpt)
     if "train_opt" not in extra or "optimizer" not in extra:
         raise CheckpointError(f"--resume: {ckpt} has no training state (use a run's weights/last.pt)")
@@ -133,7 +133,7 @@ def _model(opt, names: list[str], device: torch.device, resume_ckpt: Path | None
         return build_model(opt.cfg, names=names).to(device), {}
     model, info = load_checkpoint(opt.weights, cfg=opt.cfg or None)
     if model.nc != len(names) or list(model.names) != list(names):
-        from utils.checkpoints import transfer_weights
+        from utils.weights.checkpoints import transfer_weights
         fresh = build_model(model.cfg, names=names)
         reinit = transfer_weights(model, fresh)
         LOGGER.info("transfer from %s: re-initialised %d class-dependent head tensors", opt.weights, len(reinit))
@@ -196,11 +196,11 @@ def _prepare_run(opt, hyp, model, train_set, names, save_dir: Path) -> None:
     import numpy as np
     labels = np.concatenate([lab for lab in train_set.labels if len(lab)], 0) if train_set.labels else np.zeros((0, 5))
     if not opt.noautoanchor and not opt.weights:
-        from utils.autoanchor import check_anchors
+        from utils.train.autoanchor import check_anchors
         check_anchors(de_parallel(model), [lab[:, 3:5] for lab in train_set.labels], opt.img_size,
                       thr=hyp.get("anchor_t", 4.0), shapes=train_set.shapes_wh)
     if opt.plots and len(labels):
-        from utils.plots import plot_labels
+        from utils.evaluation.plots import plot_labels
         plot_labels(labels, names, save_dir / "labels.jpg")
     (save_dir / "hyp.yaml").write_text(yaml.safe_dump(yaml_safe(hyp), sort_keys=False))
     (save_dir / "opt.yaml").write_text(yaml.safe_dump(yaml_safe(vars(opt)), sort_keys=False))
@@ -222,7 +222,7 @@ def _validator(val_loader, names, save_dir: Path, opt):
 
 
 def _plot_results(save_dir: Path) -> None:
-    from utils.plots import plot_results
+    from utils.evaluation.plots import plot_results
     if (save_dir / "results.csv").exists():
         plot_results(save_dir / "results.csv")
 

@@ -16,21 +16,21 @@ from pathlib import Path
 
 import torch
 
-from utils.calibration import calibration_record
-from utils.checkpoints import (
+from utils.routing.calibration import calibration_record
+from utils.weights.checkpoints import (
     CheckpointError,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
 )
 from utils.cli import script_main
-from utils.data_config import hyp_for, load_data_config
-from utils.datasets import create_dataloader
-from utils.latency import route_costs
-from utils.loss import ComputeLoss, scale_loss_gains
+from utils.data.config import hyp_for, load_data_config
+from utils.data.datasets import create_dataloader
+from utils.routing.latency import route_costs
+from utils.train.loss import ComputeLoss, scale_loss_gains
 from utils.paths import increment_path, latest_checkpoint
-from utils.router_loss import STRATEGIES, estimate_offset
-from utils.router_trainer import RouterTrainer, difficulty_scores, samples_on
+from utils.routing.loss import STRATEGIES, estimate_offset
+from utils.routing.trainer import RouterTrainer, difficulty_scores, samples_on
 from utils.torch_utils import (
     DistInfo,
     distributed_run,

@@ -90,7 +90,7 @@ def write_video(path: Path, n_frames: int = 4, hw: tuple[int, int] = (32, 48), f
 def tiny_checkpoint(path: Path, cfg: str = "dy-yolov7-tiny", nc: int = 3, thresholds: dict | None = None) -> Path:
     """A randomly initialised model saved as a dydet-v1 checkpoint (class names a, b, c, ...)."""
     from models.yolo import build_model
-    from utils.checkpoints import save_checkpoint
+    from utils.weights.checkpoints import save_checkpoint
 
     names = [chr(ord("a") + i) for i in range(nc)]
     return save_checkpoint(path, build_model(cfg, nc=nc, names=names), names=names, thresholds=thresholds)

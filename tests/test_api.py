@@ -10,7 +10,7 @@ from PIL import Image
 
 from dydet import DyDet
 from tests.conftest import tiny_checkpoint, write_video
-from utils.calibration import calibration_record
+from utils.routing.calibration import calibration_record
 
 KW = {"img_size": 64, "conf": 0.0, "max_det": 5}  # a random model: keep every box, few of them
 

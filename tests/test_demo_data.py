@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from data.make_demo_data import CLASSES, main, make_demo_dataset
-from utils.data_config import find_images, image_to_label_path, load_data_config
-from utils.labels import scan_dataset
+from utils.data.config import find_images, image_to_label_path, load_data_config
+from utils.data.labels import scan_dataset
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -8,7 +8,7 @@ import pytest
 import test as test_script
 from data.make_demo_data import make_demo_dataset
 from tests.conftest import REPO
-from utils.checkpoints import read_checkpoint
+from utils.weights.checkpoints import read_checkpoint
 
 WEIGHTS = REPO / "weights" / "demo-dy-yolov7-tiny.pt"
 

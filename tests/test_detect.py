@@ -14,8 +14,8 @@ import pytest
 import detect
 from dydet import DyDet
 from tests.conftest import REPO, tiny_checkpoint, write_video
-from utils.calibration import calibration_record
-from utils.results import Result
+from utils.routing.calibration import calibration_record
+from utils.inference.results import Result
 
 REAL_CAPTURE = cv2.VideoCapture
 FAST = ["--img-size", "64", "--conf-thres", "0", "--max-det", "3", "--device", "cpu"]

@@ -12,11 +12,11 @@ import torch
 import export
 from models.yolo import build_model
 from tests.conftest import randomize_bn
-from utils.backends import load_model
-from utils.calibration import calibration_record, table_threshold
-from utils.checkpoints import read_checkpoint, save_checkpoint
-from utils.export_parity import difference, parity, probe_images
-from utils.exporters import (
+from utils.weights.backends import load_model
+from utils.routing.calibration import calibration_record, table_threshold
+from utils.weights.checkpoints import read_checkpoint, save_checkpoint
+from utils.export.parity import difference, parity, probe_images
+from utils.export.exporters import (
     ExportOptions,
     atomic_write,
     example_images,
@@ -24,10 +24,10 @@ from utils.exporters import (
     onnx_metadata,
     save_onnx,
 )
-from utils.nms import non_max_suppression
-from utils.onnx_graph import Builder, finish, nms, tensor_info
-from utils.onnx_model import OnnxModel
-from utils.predictor import Predictor
+from utils.inference.nms import non_max_suppression
+from utils.export.onnx_graph import Builder, finish, nms, tensor_info
+from utils.export.onnx_model import OnnxModel
+from utils.inference.predictor import Predictor
 
 SIZE = 64
 ATOL = 1e-3
@@ -256,7 +256,7 @@ def test_simplify_keeps_parity_and_metadata(ckpt: Path, tmp_path: Path) -> None:
 def test_simplify_falls_back_on_an_invalid_result(monkeypatch) -> None:
     pytest.importorskip("onnxslim")
     import onnxslim
-    from utils import exporters
+    from utils.export import exporters
     good = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])],

@@ -18,7 +18,7 @@ import train
 from data.make_demo_data import make_demo_dataset
 from models.yolo import build_model
 from tests.conftest import REPO
-from utils.checkpoints import read_checkpoint
+from utils.weights.checkpoints import read_checkpoint
 
 # A short, easy recipe: no mosaic/mixup/colour jitter, constant LR, one optimizer step per batch.
 FAST_HYP = {"lr0": 0.02, "lrf": 1.0, "warmup_epochs": 0.5, "mosaic": 0.0, "mixup": 0.0, "hsv_h": 0.0,
@@ -153,7 +153,7 @@ def test_cli_errors_are_one_clear_line(demo: dict, tmp_path: Path) -> None:
 
 def test_test_py_reports_dynamic_routing(demo: dict, tmp_path: Path) -> None:
     model = build_model("dy-yolov7-tiny", names=["circle", "square", "triangle", "cross"])
-    from utils.checkpoints import save_checkpoint
+    from utils.weights.checkpoints import save_checkpoint
     w = save_checkpoint(tmp_path / "dy.pt", model, names=model.names)
     res = subprocess.run([sys.executable, "test.py", "--weights", str(w), "--data", str(demo["data"]), "--img-size",
                           "96", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--dy-thres", "0.0",
@@ -166,7 +166,7 @@ def test_test_py_reports_dynamic_routing(demo: dict, tmp_path: Path) -> None:
 
 
 def test_yolov7_release_warm_starts_a_dynamic_model(demo: dict, tmp_path: Path) -> None:
-    from tests.test_safe_pickle import fake_state, manifest, save_fake_yolov7
+    from tests.weights.test_safe_pickle import fake_state, manifest, save_fake_yolov7
     official = fake_state(manifest("yolov7-tiny"))  # an 80-class COCO file, as released
     weights = save_fake_yolov7(tmp_path / "yolov7-tiny.pt", official)
     out = train.run(cfg="dy-yolov7-tiny", weights=str(weights), data=str(demo["data"]), hyp=str(demo["hyp"]),
@@ -181,10 +181,10 @@ def test_yolov7_release_warm_starts_a_dynamic_model(demo: dict, tmp_path: Path) 
 
 
 def test_test_py_dial_forms(demo: dict, tmp_path: Path) -> None:
-    from utils.calibration import calibration_record
-    from utils.checkpoints import save_checkpoint
-    from utils.data_config import load_data_config
-    from utils.datasets import create_dataloader
+    from utils.routing.calibration import calibration_record
+    from utils.weights.checkpoints import save_checkpoint
+    from utils.data.config import load_data_config
+    from utils.data.datasets import create_dataloader
     torch.manual_seed(0)
     model = build_model("dy-yolov7-tiny", names=["circle", "square", "triangle", "cross"]).eval()
     with torch.no_grad():
@@ -222,7 +222,7 @@ def test_remaining_flags_in_one_short_run(demo: dict, tmp_path: Path) -> None:
 
 
 def test_freeze_detector1_adds_a_hard_route_and_keeps_the_easy_one(demo: dict, tmp_path: Path) -> None:
-    from utils.checkpoints import load_checkpoint, save_checkpoint
+    from utils.weights.checkpoints import load_checkpoint, save_checkpoint
     torch.manual_seed(0)
     plain = build_model("yolov7-tiny", names=["circle", "square", "triangle", "cross"])
     with torch.no_grad():

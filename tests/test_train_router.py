@@ -13,11 +13,11 @@ import torch
 import train_router
 from data.make_demo_data import make_demo_dataset
 from models.yolo import build_model
-from utils.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
-from utils.datasets import create_dataloader
-from utils.loss import ComputeLoss, scale_loss_gains
-from utils.router_loss import router_objective
-from utils.router_trainer import PooledRouter, RouterTrainer, frozen_mode, route_batch, to_batch
+from utils.weights.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
+from utils.data.datasets import create_dataloader
+from utils.train.loss import ComputeLoss, scale_loss_gains
+from utils.routing.loss import router_objective
+from utils.routing.trainer import PooledRouter, RouterTrainer, frozen_mode, route_batch, to_batch
 
 NAMES = ["circle", "square", "triangle", "cross"]
 IMG = 64
@@ -50,7 +50,7 @@ def _epochs_logged(run_dir: Path) -> list[int]:
 def test_per_image_losses_do_not_depend_on_the_batch(stage1: dict) -> None:
     model, _ = load_checkpoint(stage1["weights"])
     frozen_mode(model)
-    from utils.data_config import hyp_for, load_data_config
+    from utils.data.config import hyp_for, load_data_config
     compute_loss = ComputeLoss(model, scale_loss_gains(hyp_for(model), model.heads[0].nl, model.nc, IMG))
     loader, _ = create_dataloader(load_data_config(stage1["data"]).train, IMG, 8, 32, workers=0)
     imgs, targets = to_batch(*next(iter(loader))[:2], torch.device("cpu"))
@@ -138,7 +138,7 @@ def test_calibrate_only_writes_a_new_checkpoint(stage1: dict, tmp_path: Path) ->
     assert calib["n_images"] == 4 and calib["img_size"] == IMG and len(calib["table"]) == 101
     assert set(calib["latency_ms"]) == {"easy", "hard"} and calib["gflops"]["hard"] > calib["gflops"]["easy"]
     model, _ = load_checkpoint(out["calibrated"])
-    from utils.calibration import resolve_threshold
+    from utils.routing.calibration import resolve_threshold
     thr, _ = resolve_threshold(None, calib, target_latency=calib["latency_ms"]["hard"] + 1)
     assert thr == 0.0  # a budget above the hard route: every image hard
     with pytest.raises(ValueError, match="below the easy route"):

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from utils.checkpoints import CheckpointError
-from utils.data_config import DataConfigError
+from utils.weights.checkpoints import CheckpointError
+from utils.data.config import DataConfigError
 
 # Failures a user can fix (a path, a value, a file): reported as one line, exit code 1.
 USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError, CheckpointError, DataConfigError)

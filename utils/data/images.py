@@ -1,0 +1,49 @@
+"""Reading image files as ``HxWx3`` ``uint8`` BGR arrays, whatever their depth or channels."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from utils.data.config import PathLike
+
+__all__ = ["ImageReadError", "to_bgr_uint8", "read_image"]
+
+
+class ImageReadError(OSError):
+    """An image file is missing, empty or cannot be decoded."""
+
+
+def to_bgr_uint8(img: np.ndarray) -> np.ndarray:
+    """Convert a decoded image (grey, BGRA, 16-bit or float) to ``HxWx3`` ``uint8`` BGR."""
+    if img.dtype == np.uint16:
+        img = np.round(img.astype(np.float32) / 257.0).astype(np.uint8)
+    elif np.issubdtype(img.dtype, np.floating):
+        scale = 255.0 if float(np.nanmax(img, initial=0.0)) <= 1.0 else 1.0
+        img = np.nan_to_num(img * scale).clip(0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = img.clip(0, 255).astype(np.uint8)
+    if img.ndim == 2 or img.shape[2] == 1:
+        return cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2BGR)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    return img
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Read an image as ``HxWx3`` ``uint8`` BGR (EXIF orientation applied).
+
+    Raises :class:`ImageReadError` if the file is missing, empty or undecodable.
+    """
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as e:
+        raise ImageReadError(f"cannot read {path}: {e}") from e
+    if data.size == 0:
+        raise ImageReadError(f"empty image file (0 bytes): {path}")
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
+    except cv2.error:
+        img = None
+    if img is None or img.size == 0:
+        raise ImageReadError(f"cannot decode image: {path}")
+    return to_bgr_uint8(img)

@@ -1,0 +1,85 @@
+"""The one inference path: batch pre-processing, model call (routed or both detectors), NMS.
+
+detect.py, test.py, the Python API and the benchmark all go through :class:`Predictor`, so
+images are normalised, routed and suppressed the same way everywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from utils.inference.nms import non_max_suppression
+from utils.torch_utils import time_sync
+
+
+@dataclass
+class BatchPrediction:
+    """Detections per image in network-input pixels, with routing and timing (ms per batch)."""
+
+    dets: list[torch.Tensor]
+    phi: torch.Tensor | None = None
+    hard: torch.Tensor | None = None
+    times: dict[str, float] = field(default_factory=dict)
+
+
+class Predictor:
+    """Wraps a detector (plain or dynamic) with its pre- and post-processing."""
+
+    def __init__(self, model: torch.nn.Module, conf_thres: float = 0.25, iou_thres: float = 0.45,
+                 classes: Sequence[int] | None = None, agnostic: bool = False, max_det: int = 300,
+                 multi_label: bool = False, half: bool = False) -> None:
+        self.model = model.eval()
+        p = next(model.parameters(), None) if hasattr(model, "parameters") else None
+        device = p.device if p is not None else torch.device(getattr(model, "device", "cpu"))  # e.g. ONNX Runtime
+        self.device, self.half = device, bool(half and device.type == "cuda" and p is not None)
+        if self.half:
+            self.model.half()
+        self.nms_kwargs = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes,
+                               agnostic=agnostic, max_det=max_det, multi_label=multi_label)
+
+    @property
+    def is_dynamic(self) -> bool:
+        return bool(getattr(self.model, "is_dynamic", False))
+
+    def preprocess(self, imgs: torch.Tensor) -> torch.Tensor:
+        """uint8 (b, 3, h, w) RGB -> float in [0, 1] on the model's device."""
+        x = imgs.to(self.device, non_blocking=True)
+        x = x.half() if self.half else x.float()
+        return x / 255.0 if imgs.dtype == torch.uint8 else x
+
+    def postprocess(self, pred: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+        """NMS, unless the model already did it (end-to-end exports return per-image detections)."""
+        if getattr(self.model, "end2end", False):
+            return list(pred)
+        return non_max_suppression(pred, **self.nms_kwargs)
+
+    @torch.inference_mode()
+    def __call__(self, imgs: torch.Tensor, threshold: float | None = None) -> BatchPrediction:
+        """Routed inference of one batch (dynamic models use ``threshold`` or their own)."""
+        t0 = time_sync()
+        x = self.preprocess(imgs)
+        t1 = time_sync()
+        if self.is_dynamic:
+            out = self.model(x, threshold=threshold)
+            pred, phi, hard = out.pred, out.phi, out.hard
+        else:
+            pred, phi, hard = self.model(x), None, None
+        t2 = time_sync()
+        dets = self.postprocess(pred)
+        t3 = time_sync()
+        times = {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "nms": (t3 - t2) * 1e3}
+        return BatchPrediction(dets, phi, hard, times)
+
+    @torch.inference_mode()
+    def both(self, imgs: torch.Tensor) -> tuple[BatchPrediction, BatchPrediction]:
+        """Detector 1 and detector 2 on every image (dynamic models), for scoring and sweeps."""
+        x = self.preprocess(imgs)
+        t1 = time_sync()
+        out = self.model.forward_both(x)
+        t2 = time_sync()
+        d1, d2 = self.postprocess(out.pred1), self.postprocess(out.pred2)
+        t3 = time_sync()
+        times = {"infer": (t2 - t1) * 1e3, "nms": (t3 - t2) * 1e3 / 2}
+        return BatchPrediction(d1, out.phi, None, times), BatchPrediction(d2, out.phi, None, times)

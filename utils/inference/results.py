@@ -1,0 +1,92 @@
+"""Detections of one image or video frame, with its route, and how to draw and save them."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from utils.boxes import xyxy2xywhn
+from utils.evaluation.metrics import names_list
+from utils.evaluation.plots import _write_image, draw_detections
+
+__all__ = ["Result"]
+
+
+@dataclass(repr=False)
+class Result:
+    """Detections of one image in original-image pixels.
+
+    ``boxes`` (n, 4) xyxy float32, ``scores`` (n,), ``classes`` (n,) int; ``route`` is 'easy' or
+    'hard' for dynamic models (None for plain ones) and ``phi`` the router's difficulty score;
+    ``timing`` holds this image's share of its batch's 'pre', 'infer' and 'nms' milliseconds.
+    ``frame`` and ``fps`` are set for video and stream frames.
+    """
+
+    path: str
+    orig_img: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    names: list[str]
+    route: str | None = None
+    phi: float | None = None
+    timing: dict[str, float] = field(default_factory=dict)
+    frame: int | None = None
+    fps: float | None = None
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        self.classes = np.asarray(self.classes).reshape(-1).astype(np.int64)
+        self.names = names_list(self.names)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def caption(self) -> str | None:
+        """'easy φ=0.12' / 'hard φ=0.87' for routed images, else None."""
+        if self.route is None:
+            return None
+        return self.route if self.phi is None else f"{self.route} φ={self.phi:.2f}"
+
+    def counts(self) -> dict[str, int]:
+        """Detections per class name, most frequent first."""
+        return dict(Counter(self._name(c) for c in self.classes).most_common())
+
+    def _name(self, c: int) -> str:
+        return self.names[c] if 0 <= c < len(self.names) else str(c)
+
+    def plot(self, line_width: int | None = None, caption: bool = True) -> np.ndarray:
+        """Annotated BGR copy of the original image (boxes, 'name score' tags, route caption)."""
+        return draw_detections(self.orig_img, self.boxes, self.scores, self.classes, self.names,
+                               self.caption if caption else None, line_width)
+
+    def save(self, path: str | Path, line_width: int | None = None) -> Path:
+        """Write :meth:`plot` to ``path`` (format from the suffix)."""
+        return _write_image(path, self.plot(line_width))
+
+    def to_txt(self, path: str | Path, save_conf: bool = False) -> Path:
+        """Write YOLO labels ``cls cx cy w h [conf]`` normalised to [0, 1] (an empty file if none)."""
+        h, w = self.orig_img.shape[:2]
+        xywhn = xyxy2xywhn(self.boxes, w, h)
+        lines = []
+        for c, box, s in zip(self.classes, xywhn, self.scores):
+            values = " ".join(f"{v:.6f}" for v in box)
+            lines.append(f"{c} {values} {s:.6f}" if save_conf else f"{c} {values}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        return path
+
+    def __repr__(self) -> str:
+        found = ", ".join(f"{n} {k}" for k, n in self.counts().items()) or "no detections"
+        where = self.path if self.frame is None else f"{self.path}#{self.frame}"
+        parts = [f"{where!r}", f"{len(self)} boxes ({found})" if len(self) else found]
+        if self.caption:
+            parts.append(self.caption)
+        if self.timing:
+            parts.append(f"{sum(self.timing.values()):.1f} ms")
+        return f"Result({'; '.join(parts)})"

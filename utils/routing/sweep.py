@@ -1,0 +1,198 @@
+"""Accuracy-speed sweep of a dynamic detector from one pass over the data (paper Fig. 5/7).
+
+Both detectors' detections and φ are computed once per image (``Predictor.both``); the
+operating point "k% hard" then takes detector 2's detections on the k% highest-φ images and
+detector 1's on the rest, which is exactly what routed inference at that threshold returns.
+Random routing (the same hard counts, images drawn at random) is the baseline line.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from utils.routing.calibration import threshold_table
+from utils.evaluation.metrics import (
+    auc_policy,
+    coco_evaluate,
+    coco_matches,
+    coco_stats,
+    summarize_cocoeval,
+)
+
+SWEEP_PERCENTS = tuple(range(0, 101, 10))
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One operating point: hard share, its threshold, accuracy and mean cost per image."""
+
+    percent: float  # requested hard percentage
+    threshold: float
+    hard_fraction: float  # achieved on these images
+    map50: float
+    map: float
+    gflops: float
+    latency_ms: float
+
+
+@dataclass
+class SweepData:
+    """Per-image ground truth and both detectors' detections (original pixels), and φ."""
+
+    names: list[str]
+    gts: list[np.ndarray]
+    det1: list[np.ndarray]
+    det2: list[np.ndarray]
+    phi: np.ndarray
+    sizes: list[tuple[int, int]]
+    _matches: tuple | None = field(default=None, repr=False)
+
+    def assemble(self, hard: np.ndarray) -> list[np.ndarray]:
+        """Detections of routed inference: detector 2 where ``hard``, detector 1 elsewhere."""
+        if hard.shape != self.phi.shape:
+            raise ValueError(f"route mask of shape {hard.shape} for {self.phi.size} images")
+        return [d2 if h else d1 for d1, d2, h in zip(self.det1, self.det2, hard)]
+
+    def score(self, hard: np.ndarray) -> dict:
+        """COCO mAP of the routed detections; per-image matches are computed once per detector."""
+        matched = self._matched()
+        if matched is None:
+            return coco_evaluate(self.gts, self.assemble(hard), self.names, image_sizes=self.sizes)
+        e1, e2 = matched
+        reps = len(e1.evalImgs) // len(self.gts)  # evalImgs: category x area range x image
+        evaluator = copy.copy(e1)
+        evaluator.evalImgs = [b if h else a for a, b, h in zip(e1.evalImgs, e2.evalImgs, np.tile(hard, reps))]
+        return coco_stats(summarize_cocoeval(evaluator))
+
+    def _matched(self):
+        """Both detectors' COCOeval matches (None when one of them has no detections)."""
+        if self._matches is None:
+            pair = tuple(coco_matches(self.gts, d, self.names, self.sizes) for d in (self.det1, self.det2))
+            self._matches = (None if None in pair else pair,)
+        return self._matches[0]
+
+
+def _mean_cost(fraction: float, costs: Mapping[str, float] | None) -> float:
+    if not costs:
+        return float("nan")
+    return (1 - fraction) * float(costs["easy"]) + fraction * float(costs["hard"])
+
+
+def _point(data: SweepData, percent: float, threshold: float, hard: np.ndarray, gflops, latency,
+           scores: dict | None = None) -> SweepPoint:
+    scores = scores or data.score(hard)
+    f = float(hard.mean()) if hard.size else 0.0
+    return SweepPoint(float(percent), float(threshold), f, scores["map50"], scores["map"],
+                      _mean_cost(f, gflops), _mean_cost(f, latency))
+
+
+def router_points(data: SweepData, gflops: Mapping[str, float] | None = None,
+                  latency: Mapping[str, float] | None = None,
+                  percents: Sequence[float] = SWEEP_PERCENTS) -> list[SweepPoint]:
+    """Operating points of the router: k% hard = the k% highest φ (thresholds from these φ)."""
+    table = threshold_table(data.phi, [int(k) for k in percents])
+    points = []
+    for k in percents:
+        thr = table[int(k)]
+        hard = data.phi > thr if 0 < thr < 1 else np.full(data.phi.shape, thr <= 0)
+        points.append(_point(data, k, thr, hard, gflops, latency))
+    return points
+
+
+def random_points(data: SweepData, gflops: Mapping[str, float] | None = None,
+                  latency: Mapping[str, float] | None = None, percents: Sequence[float] = SWEEP_PERCENTS,
+                  repeats: int = 3, seed: int = 0) -> list[SweepPoint]:
+    """Random routing with the same hard counts, mAP averaged over ``repeats`` draws."""
+    rng = np.random.default_rng(seed)
+    n = data.phi.size
+    points = []
+    for k in percents:
+        n_hard = int(np.floor(k * n / 100 + 0.5))
+        draws = []
+        for _ in range(repeats):
+            hard = np.zeros(n, bool)
+            hard[rng.choice(n, n_hard, replace=False)] = True
+            draws.append(data.score(hard))
+        mean = {m: float(np.mean([d[m] for d in draws])) for m in ("map50", "map")}
+        points.append(_point(data, k, float("nan"), hard, gflops, latency, scores=mean))
+    return points
+
+
+def distinct(points: Sequence[SweepPoint]) -> list[SweepPoint]:
+    """One point per achieved hard fraction (small datasets can repeat a fraction)."""
+    seen, out = set(), []
+    for p in points:
+        if p.hard_fraction not in seen:
+            seen.add(p.hard_fraction)
+            out.append(p)
+    return out
+
+
+def policy_auc(points: Sequence[SweepPoint], metric: str = "map") -> float:
+    """AUC-Policy (DualRes Eq. 10) of the points, with the hard fraction as the cost axis.
+
+    Mean GFLOPs and latency are affine in the hard fraction, so all three give the same value.
+    """
+    pts = distinct(points)
+    return auc_policy([p.hard_fraction for p in pts], [getattr(p, metric) for p in pts])
+
+
+def write_csv(rows: Mapping[str, Sequence[SweepPoint]], path: Path) -> Path:
+    """All points as CSV, one row per (policy, point)."""
+    fields = ["policy", *SweepPoint.__dataclass_fields__]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for policy, points in rows.items():
+            for p in points:
+                writer.writerow({"policy": policy, **asdict(p)})
+    return path
+
+
+def plot_sweep(rows: Mapping[str, Sequence[SweepPoint]], save_dir: Path) -> list[Path]:
+    """mAP@.5:.95 against mean GFLOPs and against mean latency, one line per policy."""
+    from utils.evaluation.plots import plot_tradeoff
+    out = []
+    for key, label, name in (("gflops", "GFLOPs per image", "sweep_gflops.png"),
+                             ("latency_ms", "latency per image (ms, from measured routes)", "sweep_latency.png")):
+        lines = {policy: ([getattr(p, key) for p in pts], [p.map for p in pts]) for policy, pts in rows.items()}
+        if all(np.isfinite(x).all() for x, _ in lines.values()):
+            out.append(plot_tradeoff(lines, label, "mAP@.5:.95", save_dir / name, title="accuracy-speed sweep"))
+    return out
+
+
+def run_sweep(data: SweepData, save_dir: Path, gflops: Mapping[str, float] | None = None,
+              latency: Mapping[str, float] | None = None, percents: Sequence[float] = SWEEP_PERCENTS,
+              plots: bool = True) -> dict:
+    """Router and random-routing points, sweep.csv, plots and the AUC-Policy of each."""
+    rows = {"router": router_points(data, gflops, latency, percents),
+            "random": random_points(data, gflops, latency, percents)}
+    write_csv(rows, save_dir / "sweep.csv")
+    if plots:
+        plot_sweep(rows, save_dir)
+    out = {"points": {k: [asdict(p) for p in v] for k, v in rows.items()}}
+    for policy, points in rows.items():
+        try:
+            out[f"auc_policy_{policy}"] = policy_auc(points)
+        except ValueError as e:  # e.g. both detectors equally good: Eq. 10 is undefined
+            out[f"auc_policy_{policy}"] = None
+            out["auc_policy_note"] = str(e)
+    return out
+
+
+def format_sweep(result: Mapping) -> str:
+    """A printable table of the router's points and both AUC-Policy values."""
+    lines = [f"{'hard %':>7}{'threshold':>11}{'mAP@.5':>9}{'mAP@.5:.95':>12}{'GFLOPs':>9}{'ms':>9}"
+             f"{'random mAP@.5:.95':>19}"]
+    for p, r in zip(result["points"]["router"], result["points"]["random"]):
+        lines.append(f"{100 * p['hard_fraction']:>7.1f}{p['threshold']:>11.4f}{p['map50']:>9.3f}{p['map']:>12.3f}"
+                     f"{p['gflops']:>9.2f}{p['latency_ms']:>9.1f}{r['map']:>19.3f}")
+    auc = [f"{k}: {result[f'auc_policy_{k}']:.3f}" if result[f"auc_policy_{k}"] is not None else f"{k}: undefined"
+           for k in ("router", "random")]
+    lines.append("AUC-Policy (mAP@.5:.95) " + ", ".join(auc))
+    return "\n".join(lines)

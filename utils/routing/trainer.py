@@ -1,0 +1,221 @@
+"""Stage-2 training loop of DynamicDet: the router on frozen detectors (paper Sec. 3.3).
+
+Only the router learns. Backbone 1, backbone 2 and both heads run once per image, without
+gradients and with every BatchNorm in eval mode, to collect the router's pooled inputs and both
+detectors' losses (:mod:`utils.routing.cache`); the epochs then train the router's FC layers on
+those samples, which is exact because nothing upstream changes. Under torchrun every process
+collects its share, the shares are gathered, and only the router is wrapped in DDP.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from utils.routing.calibration import calibration_record
+from utils.weights.checkpoints import save_checkpoint
+from utils.routing.latency import route_costs
+from utils.train.loss import ComputeLoss
+from utils.routing.cache import RouterSamples, batch_samples, collect_samples, epoch_batches, gather_samples
+from utils.routing.loss import router_objective
+from utils.torch_utils import DistInfo
+from utils.train.trainer import _append_csv, _truncate_csv, yaml_safe
+
+LOGGER = logging.getLogger("dydet.train_router")
+HARD_PERCENTS = range(10, 100, 10)  # hard fractions averaged by the routed-loss metric
+
+
+class RouteBatch(NamedTuple):
+    """Per-image difficulty φ and detection losses of both detectors."""
+
+    phi: torch.Tensor
+    l1: torch.Tensor
+    l2: torch.Tensor
+
+
+class PooledRouter(nn.Module):
+    """The router's FC layers on pooled inputs (what DDP wraps: the detectors never run in training)."""
+
+    def __init__(self, router: nn.Module) -> None:
+        super().__init__()
+        self.router = router
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.router.logits_from_pooled(pooled).sigmoid()
+
+
+def freeze_detectors(model: nn.Module) -> list[nn.Parameter]:
+    """requires_grad False for everything but ``router.*``; returns the router's parameters."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("router."))
+    return list(model.router.parameters())
+
+
+def frozen_mode(model: nn.Module) -> nn.Module:
+    """Training mode (heads return raw maps for the loss) with every BatchNorm in eval mode."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            m.eval()
+    return model
+
+
+def to_batch(imgs: torch.Tensor, targets: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 loader images -> float in [0, 1] on ``device``; targets moved along."""
+    return imgs.to(device, non_blocking=True).float() / 255.0, targets.to(device)
+
+
+def route_batch(model: nn.Module, router: nn.Module, imgs: torch.Tensor, targets: torch.Tensor,
+                compute_loss: ComputeLoss) -> RouteBatch:
+    """φ (through ``router``, a :class:`PooledRouter`) with L1, L2 of one batch of images."""
+    pooled, l1, l2 = batch_samples(model, imgs, targets, compute_loss)
+    return RouteBatch(router(pooled), l1, l2)
+
+
+def samples_on(model: nn.Module, loader, compute_loss: ComputeLoss, device: torch.device, info: DistInfo,
+               desc: str) -> RouterSamples:
+    """Every image's router input and losses (one pass, all processes' shares gathered)."""
+    frozen_mode(model)
+    return gather_samples(collect_samples(model, loader, compute_loss, device, desc, info.is_main), info)
+
+
+def routed_loss(res: RouteBatch, percent: float) -> float:
+    """Mean detection loss when the ``percent``% highest-φ images take detector 2."""
+    n_hard = int(round(len(res.phi) * percent / 100))
+    hard = torch.zeros(len(res.phi), dtype=torch.bool)
+    hard[torch.argsort(res.phi, descending=True)[:n_hard]] = True
+    return float(torch.where(hard, res.l2, res.l1).mean())
+
+
+@torch.inference_mode()
+def difficulty_scores(model: nn.Module, loader, device: torch.device, desc: str = "φ") -> torch.Tensor:
+    """φ of every image ``loader`` yields (eval mode), as a float32 CPU tensor."""
+    model.eval()
+    parts = [model.difficulty(imgs.to(device).float() / 255.0).float().cpu()
+             for imgs, *_ in tqdm(loader, desc=desc, leave=False)]
+    if not parts:
+        raise ValueError(f"{desc}: no images")
+    return torch.cat(parts)
+
+
+@dataclass
+class RouterState:
+    """Counters a resumed run needs besides weights and optimizer."""
+
+    epoch: int = 0  # next epoch to run
+    best_fitness: float = float("-inf")
+
+
+@dataclass
+class RouterTrainer:
+    """Trains ``model.router`` by ``opt.strategy`` for ``opt.epochs`` epochs; ``fit()`` runs the rest.
+
+    ``train`` holds every training image's samples (gathered over processes), ``val`` the
+    validation images' (main process only; None elsewhere).
+    """
+
+    model: nn.Module
+    opt: Any  # train_router.py options
+    delta: float
+    train: RouterSamples
+    val: RouterSamples | None
+    save_dir: Path
+    device: torch.device
+    dist: DistInfo = field(default_factory=DistInfo)
+    state: RouterState = field(default_factory=RouterState)
+    costs: dict = field(default_factory=dict)  # route latencies and GFLOPs stored with the calibration
+
+    def __post_init__(self) -> None:
+        self.wdir = self.save_dir / "weights"
+        self.wdir.mkdir(parents=True, exist_ok=True)
+        params = freeze_detectors(self.model)
+        self.optimizer = torch.optim.AdamW(params, lr=self.opt.lr, weight_decay=self.opt.weight_decay)
+        if self.dist.is_main and not self.costs:
+            self.costs = route_costs(self.model, self.opt.img_size)
+            LOGGER.info("route costs at %d px: %s", self.opt.img_size,
+                        ", ".join(f"{k} {v:.4g}" for k, v in self.costs.items()))
+        head = PooledRouter(self.model.router)
+        self.router = DDP(head, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
+            if self.dist.rank >= 0 else head
+
+    def restore(self, extra: dict) -> None:
+        """Optimizer and counters from a last.pt (the router weights came with the model)."""
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self.state = RouterState(int(extra["epoch"]) + 1, float(extra["best_fitness"]))
+        if self.dist.is_main:
+            _truncate_csv(self.save_dir / "results.csv", self.state.epoch)
+
+    def fit(self) -> dict:
+        metrics: dict = {}
+        for epoch in range(self.state.epoch, self.opt.epochs):
+            t0 = time.time()
+            loss = self._train_epoch(epoch)
+            if self.dist.is_main:
+                metrics = self._end_epoch(epoch, loss, time.time() - t0)
+        return metrics
+
+    def _train_epoch(self, epoch: int) -> float:
+        per_rank = max(self.opt.batch_size // max(self.dist.world_size, 1), 1)
+        batches = epoch_batches(len(self.train), per_rank, epoch, self.opt.seed, self.dist)
+        total = 0.0
+        bar = tqdm(batches, desc=f"router epoch {epoch + 1}/{self.opt.epochs}", disable=not self.dist.is_main,
+                   leave=False)
+        for n, idx in enumerate(bar, 1):
+            total += self.step(self.train.subset(idx))
+            bar.set_postfix(loss=f"{total / n:.4f}")
+        return total / max(len(batches), 1)
+
+    def step(self, batch: RouterSamples) -> float:
+        """One AdamW step of the router on a batch of samples; returns the batch loss."""
+        phi = self.router(batch.pooled.to(self.device))
+        loss = router_objective(self.opt.strategy, phi, batch.l1.to(self.device), batch.l2.to(self.device),
+                                self.delta, keys=batch.names, seed=self.opt.seed)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"router loss became {loss.item()}; check the stage-1 weights")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # DDP averages the router's gradients over processes
+        self.optimizer.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def val_routes(self) -> RouteBatch:
+        """φ of the current router and L1, L2 on the validation images."""
+        phi = self.model.router.logits_from_pooled(self.val.pooled.to(self.device)).sigmoid().cpu()
+        return RouteBatch(phi, self.val.l1, self.val.l2)
+
+    # ---- end of epoch ------------------------------------------------------------------
+    def _end_epoch(self, epoch: int, train_loss: float, seconds: float) -> dict:
+        res = self.val_routes()
+        metrics = {"router_loss": float(router_objective("adaptive", res.phi, res.l1, res.l2, self.delta)),
+                   "routed_loss": float(np.mean([routed_loss(res, k) for k in HARD_PERCENTS]))}
+        fit = -metrics["routed_loss"]
+        improved = fit > self.state.best_fitness
+        self.state.best_fitness = max(fit, self.state.best_fitness)
+        row = {"epoch": epoch, "train/loss": train_loss, "val/router_loss": metrics["router_loss"],
+               "val/routed_loss": metrics["routed_loss"], "delta": self.delta,
+               "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": seconds}
+        _append_csv(self.save_dir / "results.csv", row)
+        calib = calibration_record(res.phi, img_size=self.opt.img_size, **self.costs)
+        self._save(epoch, improved, calib)
+        LOGGER.info("router epoch %d/%d: %s", epoch + 1, self.opt.epochs,
+                    ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+        return {**metrics, "thresholds": calib, "phi": res.phi}
+
+    def _save(self, epoch: int, improved: bool, calib: dict) -> None:
+        meta = {"epoch": epoch, "stage": "router", "strategy": self.opt.strategy, "delta": self.delta,
+                "run": str(self.save_dir)}
+        extra = {"epoch": epoch, "best_fitness": self.state.best_fitness, "delta": self.delta,
+                 "optimizer": self.optimizer.state_dict(), "train_opt": yaml_safe(vars(self.opt))}
+        names = self.model.names
+        save_checkpoint(self.wdir / "last.pt", self.model, names=names, thresholds=calib, meta=meta, extra=extra)
+        if improved:
+            save_checkpoint(self.wdir / "best.pt", self.model, names=names, thresholds=calib, meta=meta)

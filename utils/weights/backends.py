@@ -1,0 +1,37 @@
+"""One entry point for every kind of weights: our checkpoints, official releases, ONNX exports.
+
+``load_model`` resolves model-zoo names (downloading them when missing, see
+:mod:`utils.weights.downloads`), then returns a PyTorch model or an ONNX Runtime backend with the same
+calling convention, so detect.py, test.py and the Python API never care which one they hold.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from utils.weights.checkpoints import load_checkpoint
+from utils.weights.downloads import attempt_download, zoo_cfg
+from utils.torch_utils import select_device
+
+
+def is_onnx(weights: str | Path) -> bool:
+    return Path(weights).suffix.lower() == ".onnx"
+
+
+def load_model(weights: str | Path, cfg: str | None = None, device: str | torch.device = "",
+               nc: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """``(model, info)`` for ``weights``; info as from :func:`utils.weights.checkpoints.load_checkpoint`.
+
+    Zoo names (``dy-yolov7.pt`` ...) are found locally or downloaded, and imply their config
+    when ``cfg`` is not given. ``.onnx`` files run with ONNX Runtime.
+    """
+    dev = select_device(device)
+    if is_onnx(weights):
+        from utils.export.onnx_model import OnnxModel
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"ONNX file {str(weights)!r} not found")
+        model = OnnxModel(weights, device=dev)
+        return model, model.info
+    path = attempt_download(weights)
+    return load_checkpoint(path, cfg=cfg or zoo_cfg(path), nc=nc, device=dev)
