@@ -24,7 +24,6 @@ from utils.cli import script_main
 from utils.export.parity import ScriptBackend, parity
 from utils.export.exporters import (
     ExportOptions,
-    atomic_write,
     onnx_graph,
     onnx_metadata,
     save_onnx,
@@ -34,6 +33,7 @@ from utils.export.exporters import (
 from utils.flops import route_gflops
 from utils.export.onnx_graph import DEFAULT_OPSET
 from utils.export.onnx_model import OnnxModel
+from utils.io import atomic_write
 
 LOGGER = logging.getLogger("dydet.export")
 FORMATS = ("onnx", "torchscript")

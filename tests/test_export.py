@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import onnx
@@ -18,7 +20,6 @@ from utils.weights.checkpoints import read_checkpoint, save_checkpoint
 from utils.export.parity import difference, parity, probe_images
 from utils.export.exporters import (
     ExportOptions,
-    atomic_write,
     example_images,
     onnx_graph,
     onnx_metadata,
@@ -204,6 +205,17 @@ def test_plain_model_export(tmp_path: Path) -> None:
     assert not onnx_model.is_dynamic and isinstance(onnx_model(x), torch.Tensor)
 
 
+def test_exported_files_get_the_users_file_permissions(ckpt: Path, tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        res = export.run(ckpt, img_size=SIZE, include=["onnx", "torchscript"], output=tmp_path / "perm")
+    finally:
+        os.umask(old)
+    for fmt in ("onnx", "torchscript"):
+        assert stat.S_IMODE(Path(res[fmt]).stat().st_mode) == 0o640, fmt  # not mkstemp's 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["perm.onnx", "perm.torchscript"]
+
+
 def test_torchscript_routes_like_pytorch(ckpt: Path, model: torch.nn.Module, tmp_path: Path) -> None:
     res = export.run(ckpt, img_size=SIZE, include=["torchscript"], dynamic_batch=True, output=tmp_path / "ts")
     assert "onnx" not in res
@@ -231,17 +243,6 @@ def test_large_dynamic_configs(cfg: str, size: int, tmp_path: Path) -> None:
 
 
 # ---- files and errors -----------------------------------------------------------------------------
-def test_atomic_write_leaves_no_partial_file(tmp_path: Path) -> None:
-    target = tmp_path / "m.onnx"
-
-    def fail(p: Path) -> None:
-        raise onnx.checker.ValidationError("broken")
-
-    with pytest.raises(onnx.checker.ValidationError):
-        atomic_write(target, lambda p: p.write_bytes(b"half"), fail)
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_simplify_keeps_parity_and_metadata(ckpt: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxslim")
     import warnings

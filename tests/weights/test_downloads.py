@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -129,6 +131,15 @@ def test_download_success_leaves_only_the_file(server: LocalServer, tmp_path: Pa
     assert path.read_bytes() == PAYLOAD
     assert sorted(p.name for p in path.parent.iterdir()) == ["ok.pt"]
     assert server.log == [("/ok.pt", None)]
+
+
+def test_downloaded_weights_get_the_users_file_permissions(server: LocalServer, tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        path = fetch("ok.pt", server, cache_dir=tmp_path / "dl")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # 0o666 minus the umask, not mkstemp's 0o600
 
 
 def test_dropped_connection_is_resumed_with_range(server: LocalServer, tmp_path: Path) -> None:

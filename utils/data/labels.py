@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from utils.data.config import PathLike, image_to_label_path, sources_digest
 from utils.data.images import ImageReadError, read_image
+from utils.io import atomic_write
 
 LOGGER = logging.getLogger(__name__)
 CACHE_VERSION = "dynamicdet-labels-1"
@@ -267,16 +268,16 @@ def _save_cache(path: Path, samples: Sequence[Sample], report: DataReport, key: 
         "counts": np.array([len(s.labels) for s in samples], dtype=np.int64),
         "labels": np.concatenate([s.labels for s in samples] + [np.zeros((0, 5), np.float32)]),
     }
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: _savez(tmp, arrays))
         return True
     except OSError:
-        tmp.unlink(missing_ok=True)
         return False
+
+
+def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append '.npz' to a path
+        np.savez(f, **arrays)
 
 
 def _load_cache(path: Path, key: str) -> tuple[list[Sample], DataReport] | None:

@@ -8,10 +8,7 @@ detector run only when its subset is not empty, rows merged back in input order)
 from __future__ import annotations
 
 import datetime
-import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +40,7 @@ from utils.export.onnx_graph import (
     trace_stage,
 )
 from utils.export.onnx_model import FORMAT
+from utils.io import atomic_write
 
 ROUTES = ("both", "easy", "hard")
 OPSETS = range(13, 21)  # NonMaxSuppression and opset-13 Squeeze/Unsqueeze; legacy exporter up to 20
@@ -227,23 +225,6 @@ def torchscript_module(model: torch.nn.Module, opt: ExportOptions) -> torch.jit.
 
 
 # ---- files ----------------------------------------------------------------------------------------
-def atomic_write(path: Path, write: Callable[[Path], None], check: Callable[[Path], None] | None = None) -> Path:
-    """``write(tmp)`` beside ``path``, ``check(tmp)``, then rename; never leaves a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        if check is not None:
-            check(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_onnx(proto: onnx.ModelProto, path: Path) -> Path:
     """Write ``proto`` atomically after ``onnx.checker`` (full check, shape inference) passes."""
     if proto.ByteSize() >= 2**31:

@@ -18,11 +18,9 @@ from __future__ import annotations
 import copy
 import datetime
 import logging
-import os
 import pickle
 import platform
 import subprocess
-import tempfile
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -33,6 +31,7 @@ import torch.nn as nn
 
 from utils.data.coco_names import COCO_NAMES
 from utils.weights.safe_pickle import CheckpointError, Stub, load_restricted, module_tree_state_dict
+from utils.io import atomic_write
 from utils.torch_utils import de_parallel
 
 __all__ = [
@@ -152,43 +151,12 @@ def git_hash(repo: Path = REPO_ROOT) -> str | None:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file in the target directory, fsync, then ``os.replace``.
-
-    On any failure the previous file at ``path`` is untouched and the temp file is removed.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual permissions
-        with os.fdopen(fd, "wb") as f:
+    """``torch.save`` through :func:`utils.io.atomic_write`: the previous file survives any failure."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself (best effort; not supported on every platform)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, write)
 
 
 # ---- reading -----------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import http.client
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from urllib.error import HTTPError
 from urllib.request import Request, urlopen
 
 from tqdm import tqdm
+
+from utils.io import atomic_write
 
 __all__ = ["ZOO", "DownloadError", "ZooEntry", "attempt_download", "download", "weights_dir", "zoo_cfg"]
 
@@ -118,24 +119,21 @@ def download(entry: ZooEntry, dest: Path, retries: int = 3, timeout: float = 30,
              *, backoff: float = 1.0) -> Path:
     """Download ``entry`` to ``dest`` through a verified temp file; DownloadError on failure."""
     LOGGER.info("Downloading %s to %s", entry.url, dest)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    except OSError as e:
-        raise _failure(entry, dest, f"cannot write to {dest.parent} ({e})") from e
-    os.close(fd)
-    tmp = Path(name)
-    try:
+
+    def fetch(tmp: Path) -> None:
         _fetch(entry.url, tmp, retries, timeout, backoff, desc=dest.name)
-        _verify(tmp, entry)
-        os.replace(tmp, dest)
+
+    try:
+        return atomic_write(dest, fetch, lambda tmp: _verify(tmp, entry))
     except DownloadError as e:
         raise _failure(entry, dest, str(e)) from None
     except (OSError, http.client.HTTPException) as e:
-        raise _failure(entry, dest, _describe(e)) from e
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+        where = f"cannot write to {dest.parent} ({e})" if not _writable(dest.parent) else _describe(e)
+        raise _failure(entry, dest, where) from e
+
+
+def _writable(directory: Path) -> bool:
+    return directory.is_dir() and os.access(directory, os.W_OK)
 
 
 def _failure(entry: ZooEntry, dest: Path, reason: str) -> DownloadError:
