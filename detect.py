@@ -24,7 +24,7 @@ from tqdm import tqdm
 from dydet import DyDet
 from utils.cli import script_main
 from utils.paths import increment_path
-from utils.evaluation.plots import _write_image
+from utils.data.images import write_image
 from utils.inference.results import Result
 from utils.data.sources import open_source
 
@@ -119,7 +119,7 @@ class Outputs:
         if r.frame is None:
             suffix = Path(r.path).suffix.lower()
             name = Path(r.path).name if suffix in WRITABLE_SUFFIXES else f"{_safe_stem(r.path)}.jpg"
-            self.saved.append(_write_image(self.save_dir / name, img))
+            self.saved.append(write_image(self.save_dir / name, img))
             return
         if r.path != self._last_path:
             self._release_finished_file()

@@ -94,7 +94,7 @@ class DyDet:
         """Measured easy/hard GFLOPs at ``img_size`` (None: use the calibration's stored ones)."""
         if not isinstance(self.model, torch.nn.Module):
             return None
-        from utils.flops import route_gflops
+        from models.flops import route_gflops
         try:
             return route_gflops(self.model, img_size)
         except (RuntimeError, ValueError, TypeError, ImportError) as e:  # the stored costs may still do

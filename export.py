@@ -30,7 +30,7 @@ from utils.export.exporters import (
     simplify,
     torchscript_module,
 )
-from utils.flops import route_gflops
+from models.flops import route_gflops
 from utils.export.onnx_graph import DEFAULT_OPSET
 from utils.export.onnx_model import OnnxModel
 from utils.io import atomic_write

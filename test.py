@@ -21,7 +21,7 @@ from utils.cli import script_main
 from utils.data.config import load_data_config
 from utils.data.datasets import create_dataloader
 from utils.evaluation.evaluator import DetectionStats, ground_truth, to_original
-from utils.flops import route_gflops
+from models.flops import route_gflops
 from utils.paths import increment_path
 from utils.inference.predictor import BatchPrediction, Predictor
 

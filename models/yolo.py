@@ -53,12 +53,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg", default="dy-yolov7", help="config name or path (see cfg/)")
     p.add_argument("--img-size", type=int, default=640, help="square input size for GFLOPs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--list", action="store_true", help="list every config and every zoo weights name")
     return p.parse_args(argv)
 
 
+def list_models() -> dict[str, list[dict]]:
+    """Every built-in config and every weights name that loads without a path."""
+    from models.parse import CFG_DIR
+    from models.zoo import find_local, registry
+    configs = []
+    for path in sorted(CFG_DIR.glob("*.yaml")):
+        d = load_cfg(path)
+        configs.append({"name": path.stem, "kind": "dynamic" if "dynamic" in d else "plain", "nc": d.get("nc")})
+    weights = []
+    for name, e in registry().items():
+        local = find_local(name)
+        weights.append({"name": name, "cfg": e.cfg, "img_size": e.img_size, "what": e.what,
+                        "local": str(local) if local else None, "url": e.url})
+    return {"configs": configs, "weights": weights}
+
+
+def _print_list(listing: dict[str, list[dict]]) -> None:
+    print("configs (cfg/*.yaml):")
+    for c in listing["configs"]:
+        print(f"  {c['name']:<16} {c['kind']:<8} nc={c['nc']}")
+    print("weights (pass the name as --weights):")
+    for w in listing["weights"]:
+        where = f"local: {w['local']}" if w["local"] else f"not local (downloaded on first use from {w['url']})"
+        print(f"  {w['name']:<24} cfg {w['cfg']:<15} {w['img_size']:>5} px  {w['what']}; {where}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    from utils.flops import model_summary
+    from models.flops import model_summary
     opt = parse_args(argv)
+    if opt.list:
+        listing = list_models()
+        print(json.dumps(listing)) if opt.json else _print_list(listing)
+        return
     try:
         model = build_model(opt.cfg)
     except (FileNotFoundError, ValueError, KeyError) as e:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from utils.data.config import (DataConfigError, find_images, image_to_label_path,
+from utils.data.config import (DataConfigError, find_images, image_to_label_path, names_list,
                                load_data_config, load_hyp, parse_names)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -175,3 +175,8 @@ def test_load_hyp_rejects_non_numbers(tmp_path: Path) -> None:
         load_hyp(bad)
     with pytest.raises(FileNotFoundError):
         load_hyp(tmp_path / "none.yaml")
+
+
+def test_names_list():
+    assert names_list({1: "b", 0: "a"}) == ["a", "b"]
+    assert names_list(("x", "y")) == ["x", "y"]

@@ -9,7 +9,7 @@ import torch
 
 from utils.evaluation.metrics import (ConfusionMatrix, PRResult, auc_policy, average_precision, coco80_to_91,
                            coco_evaluate, coco_json_predictions, fitness, match_predictions,
-                           names_list, pr_curves)
+                           pr_curves)
 
 NAMES = ["cat", "dog"]
 
@@ -114,11 +114,6 @@ def test_coco_json_predictions_and_class_map():
     ids = coco80_to_91()
     assert len(ids) == 80 and len(set(ids)) == 80 and ids[0] == 1 and ids[-1] == 90
     assert 12 not in ids and ids[11] == 13
-
-
-def test_names_list():
-    assert names_list({1: "b", 0: "a"}) == ["a", "b"]
-    assert names_list(("x", "y")) == ["x", "y"]
 
 
 # --------------------------------------------------------------------------- matching / PR

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from utils.data.images import write_image
 from utils.evaluation import plots
 from utils.evaluation.metrics import ConfusionMatrix, match_predictions, pr_curves
 
@@ -73,7 +74,7 @@ def test_confusion_matrix_plot(tmp_path):
     cm = ConfusionMatrix(nc=3)
     cm.update(np.array([[0, 0, 10, 10, 0.9, 0], [50, 50, 60, 60, 0.9, 2]]),
               np.array([[0, 0, 0, 10, 10], [1, 20, 20, 30, 30]]))
-    _readable(cm.plot(tmp_path / "confusion_matrix.png", NAMES))
+    _readable(plots.plot_confusion_matrix(cm.matrix, NAMES, tmp_path / "confusion_matrix.png"))
     _readable(plots.plot_confusion_matrix(cm.matrix, NAMES, tmp_path / "raw.png", normalize=False))
 
 
@@ -132,7 +133,7 @@ def test_draw_detections_copy_and_caption(tmp_path):
     assert not np.array_equal(out[:12, :60], img[:12, :60])  # caption in the top-left corner
     ascii_caption = plots.draw_detections(img, torch.zeros(0, 4), [], [], NAMES, caption="easy")
     assert not np.array_equal(ascii_caption[:12, :40], img[:12, :40])
-    _readable(plots._write_image(tmp_path / "det.jpg", out))
+    _readable(write_image(tmp_path / "det.jpg", out))
 
 
 def test_histogram_gallery_tradeoff(tmp_path):

@@ -201,7 +201,7 @@ REFERENCE_GFLOPS = [
 @pytest.mark.slow
 @pytest.mark.parametrize("name,size,expected", REFERENCE_GFLOPS)
 def test_gflops_match_official_architectures(name: str, size: int, expected: dict) -> None:
-    from utils.flops import route_gflops
+    from models.flops import route_gflops
     got = route_gflops(build_model(name), size)
     assert set(got) == set(expected)
     for route, ref in expected.items():

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from utils.weights.downloads import (
-    ZOO, DownloadError, ZooEntry, attempt_download, weights_dir, zoo_cfg,
-)
+from models.zoo import ZOO, ZooEntry, weights_dir, zoo_cfg
+from utils.weights.downloads import DownloadError, attempt_download
 
 REPO = Path(__file__).resolve().parents[2]
 PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes

@@ -32,7 +32,7 @@ from utils.benchmark.report import markdown
 from utils.benchmark.stats import check_goals, latency_metrics, mixed_metrics, summarize
 from utils.benchmark.timing import interleaved, prepare
 from utils.weights.checkpoints import git_hash
-from utils.flops import route_gflops
+from models.flops import route_gflops
 from utils.torch_utils import select_device
 
 SECTIONS = ("fused", "fast", "mixed", "onnx", "router")

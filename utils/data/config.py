@@ -28,7 +28,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 import yaml
 
@@ -38,10 +38,11 @@ IMG_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif
                           ".webp", ".pfm"})
 SPLITS = ("train", "val", "test")
 PathLike = Union[str, os.PathLike]
+Names = Union[Sequence[str], Mapping[int, str]]  # class names as a list or {id: name}
 
 __all__ = [
     "DataConfig", "DataConfigError", "IMG_SUFFIXES", "load_data_config", "parse_data_dict",
-    "parse_names", "find_images", "image_to_label_path", "sources_digest", "load_hyp", "hyp_for",
+    "names_list", "parse_names", "find_images", "image_to_label_path", "sources_digest", "load_hyp", "hyp_for",
 ]
 
 
@@ -96,6 +97,14 @@ def parse_data_dict(content: dict[str, Any], base: Path, require: Sequence[str] 
     names = parse_names(content.get("names"), content.get("nc"), where)
     splits = {s: _resolve_split(content.get(s), s, root, s in require, where) for s in SPLITS}
     return DataConfig(path=root, names=names, nc=len(names), yaml_file=yaml_file, **splits)
+
+
+def names_list(names: Names) -> list[str]:
+    """Class names as a list indexed by class id (a dict may have gaps, filled with the id)."""
+    if isinstance(names, Mapping):
+        n = max((int(k) for k in names), default=-1) + 1
+        return [str(names.get(i, names.get(str(i), i))) for i in range(n)]
+    return [str(n) for n in names]
 
 
 def parse_names(names: Any, nc: Any, where: str = "data config") -> list[str]:

@@ -1,12 +1,15 @@
 """Reading image files as ``HxWx3`` ``uint8`` BGR arrays, whatever their depth or channels."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
 from utils.data.config import PathLike
+from utils.io import atomic_write_bytes
 
-__all__ = ["ImageReadError", "to_bgr_uint8", "read_image"]
+__all__ = ["ImageReadError", "to_bgr_uint8", "read_image", "write_image"]
 
 
 class ImageReadError(OSError):
@@ -47,3 +50,15 @@ def read_image(path: PathLike) -> np.ndarray:
     if img is None or img.size == 0:
         raise ImageReadError(f"cannot decode image: {path}")
     return to_bgr_uint8(img)
+
+
+def write_image(path: PathLike, img_bgr: np.ndarray) -> Path:
+    """Encode a BGR image by the suffix of ``path`` (PNG without one) and write it atomically.
+
+    Works for non-ASCII paths (OpenCV's imwrite does not on every platform); returns the path.
+    """
+    path = Path(path)
+    ok, buf = cv2.imencode(path.suffix or ".png", img_bgr)
+    if not ok:
+        raise OSError(f"could not encode an image as {path.suffix or '.png'!r} for {path}")
+    return atomic_write_bytes(path, buf.tobytes())

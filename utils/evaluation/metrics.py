@@ -15,22 +15,19 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 import torch
 
 from utils.boxes import box_iou
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from utils.data.config import Names, names_list
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Sequence[float]]]
-Names = Union[Sequence[str], Mapping[int, str]]
 
 __all__ = [
     "coco_evaluate", "coco_json_predictions", "coco80_to_91", "match_predictions", "pr_curves",
-    "PRResult", "average_precision", "ConfusionMatrix", "fitness", "auc_policy", "names_list",
+    "PRResult", "average_precision", "ConfusionMatrix", "fitness", "auc_policy",
 ]
 
 
@@ -47,14 +44,6 @@ def _as_rows(x: ArrayLike | None, cols: int) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[1] < cols:
         raise ValueError(f"expected an array of shape (k, {cols}), got {arr.shape}")
     return arr[:, :cols]
-
-
-def names_list(names: Names) -> list[str]:
-    """Class names as a list indexed by class id (a dict may have gaps, filled with the id)."""
-    if isinstance(names, Mapping):
-        n = max((int(k) for k in names), default=-1) + 1
-        return [str(names.get(i, names.get(str(i), i))) for i in range(n)]
-    return [str(n) for n in names]
 
 
 def _pair_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
@@ -408,12 +397,6 @@ class ConfusionMatrix:
         """Per-class true positives and false positives (background excluded)."""
         tp = np.diag(self.matrix)[:-1]
         return tp, self.matrix[:-1].sum(1) - tp
-
-    def plot(self, path: str | Path, names: Names, normalize: bool = True) -> Path:
-        """Draw with :func:`utils.evaluation.plots.plot_confusion_matrix`."""
-        from utils.evaluation.plots import plot_confusion_matrix
-
-        return plot_confusion_matrix(self.matrix, names, path, normalize=normalize)
 
 
 # --------------------------------------------------------------------------- scalar scores

@@ -21,10 +21,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from utils.boxes import xywh2xyxy
-from utils.evaluation.metrics import names_list
+from utils.data.config import names_list
+from utils.data.images import write_image
 
 if TYPE_CHECKING:
-    from utils.evaluation.metrics import ConfusionMatrix, Names, PRResult
+    from utils.data.config import Names
+    from utils.evaluation.metrics import ConfusionMatrix, PRResult
 
 PathLike = Union[str, Path]
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
@@ -51,23 +53,12 @@ def _mpl_color(i: int) -> tuple[float, float, float]:
     return tuple(v / 255 for v in class_color(i, bgr=False))
 
 
-def _write_image(path: PathLike, img_bgr: np.ndarray) -> Path:
-    """Encode by suffix and write (also works for non-ASCII paths); return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(path.suffix or ".png", img_bgr)
-    if not ok:
-        raise OSError(f"could not encode an image as {path.suffix or '.png'!r} for {path}")
-    buf.tofile(str(path))
-    return path
-
-
 def _save_figure(fig: Figure, path: PathLike) -> Path:
-    """Render a figure with Agg and write it with :func:`_write_image`."""
+    """Render a figure with Agg and write it with :func:`write_image`."""
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
-    return _write_image(path, cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGR))
+    return write_image(path, cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGR))
 
 
 def _numpy(x: ArrayLike) -> np.ndarray:
@@ -349,7 +340,7 @@ def plot_images(images: ArrayLike, targets=None, paths: Sequence[str] | None = N
         tile = _draw_tile(imgs[i], boxes, cls, conf, scale, label_names, conf_thres, label)
         y, x = (i // grid) * th, (i % grid) * tw
         mosaic[y:y + th, x:x + tw] = tile
-    return _write_image(fname, mosaic)
+    return write_image(fname, mosaic)
 
 
 def _fit_tile(img: np.ndarray, tile: int) -> np.ndarray:
@@ -380,7 +371,7 @@ def plot_gallery(images: Sequence[np.ndarray], captions: Sequence[str], path: Pa
         y, x = (i // cols) * (tile + strip), (i % cols) * tile
         canvas[y:y + tile, x:x + tile] = _fit_tile(_numpy(img), tile)
         _put_text(canvas, str(caption), (x + 2, y + tile + 1), strip / 40, (0, 0, 0))
-    return _write_image(path, canvas)
+    return write_image(path, canvas)
 
 
 # --------------------------------------------------------------------------- training / data

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from utils.boxes import xyxy2xywhn
-from utils.evaluation.metrics import names_list
-from utils.evaluation.plots import _write_image, draw_detections
+from utils.data.config import names_list
+from utils.data.images import write_image
+from utils.evaluation.plots import draw_detections
 
 __all__ = ["Result"]
 
@@ -66,7 +67,7 @@ class Result:
 
     def save(self, path: str | Path, line_width: int | None = None) -> Path:
         """Write :meth:`plot` to ``path`` (format from the suffix)."""
-        return _write_image(path, self.plot(line_width))
+        return write_image(path, self.plot(line_width))
 
     def to_txt(self, path: str | Path, save_conf: bool = False) -> Path:
         """Write YOLO labels ``cls cx cy w h [conf]`` normalised to [0, 1] (an empty file if none)."""

@@ -50,7 +50,7 @@ def route_latency(model: torch.nn.Module, img_size: int, reps: int = 5, warmup: 
 
 def route_costs(model: torch.nn.Module, img_size: int, reps: int = 5) -> dict[str, float]:
     """Batch-1 latency (ms, as inference runs) and fused GFLOPs of both routes, as :func:`calibration_record` kwargs."""
-    from utils.flops import route_gflops
+    from models.flops import route_gflops
     latency = route_latency(inference_copy(model), img_size, reps=reps)
     gflops = route_gflops(model, img_size)
     return {"easy_ms": latency["easy"], "hard_ms": latency["hard"],

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
+from models.zoo import zoo_cfg
 from utils.weights.checkpoints import load_checkpoint
-from utils.weights.downloads import attempt_download, zoo_cfg
+from utils.weights.downloads import attempt_download
 from utils.torch_utils import select_device
 
 

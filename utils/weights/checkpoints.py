@@ -44,7 +44,7 @@ LOGGER = logging.getLogger(__name__)
 FORMAT = "dydet-v1"
 DYNAMICDET = "dynamicdet-official"
 YOLOV7 = "yolov7-official"
-RESERVED_KEYS = frozenset({"format", "model", "cfg", "names", "thresholds", "meta"})
+RESERVED_KEYS = frozenset({"format", "model", "cfg", "names", "img_size", "thresholds", "meta"})
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PLAIN_SCALARS = (type(None), bool, int, float, str, bytes, torch.dtype, torch.device)
 LIST_LIMIT = 10  # names shown per category in mismatch reports
@@ -56,18 +56,23 @@ YOLOV7_FINGERPRINTS: dict[tuple[int, int], str] = {
 
 
 # ---- saving ------------------------------------------------------------------------------------
-def save_checkpoint(path: str | Path, model: nn.Module, *, names: Iterable[str],
+def save_checkpoint(path: str | Path, model: nn.Module, *, names: Iterable[str], img_size: int | None = None,
                     thresholds: Mapping | None = None, meta: Mapping | None = None,
                     extra: Mapping | None = None) -> Path:
-    """Atomically write ``model`` (plus optimizer/EMA/... state in ``extra``) as ``dydet-v1``."""
-    ckpt = checkpoint_dict(model, names=names, thresholds=thresholds, meta=meta, extra=extra)
+    """Atomically write ``model`` (plus optimizer/EMA/... state in ``extra``) as ``dydet-v1``.
+
+    ``img_size`` is the input size the model was trained (or calibrated) at: inference uses it
+    when the caller gives none.
+    """
+    ckpt = checkpoint_dict(model, names=names, img_size=img_size, thresholds=thresholds, meta=meta, extra=extra)
     path = Path(path)
     atomic_save(ckpt, path)
     return path
 
 
-def checkpoint_dict(model: nn.Module, *, names: Iterable[str], thresholds: Mapping | None = None,
-                    meta: Mapping | None = None, extra: Mapping | None = None) -> dict:
+def checkpoint_dict(model: nn.Module, *, names: Iterable[str], img_size: int | None = None,
+                    thresholds: Mapping | None = None, meta: Mapping | None = None,
+                    extra: Mapping | None = None) -> dict:
     """The ``dydet-v1`` dict for ``model``; everything in it must be tensors or plain Python."""
     model = de_parallel(model)
     if getattr(model, "fused", False):
@@ -84,6 +89,7 @@ def checkpoint_dict(model: nn.Module, *, names: Iterable[str], thresholds: Mappi
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "cfg": copy.deepcopy(dict(model.cfg)),
         "names": names,
+        "img_size": int(img_size) if img_size else None,
         "thresholds": dict(thresholds or {}),
         "meta": {**default_meta(), **dict(meta or {})},
         **dict(extra or {}),
@@ -210,14 +216,15 @@ def load_checkpoint(path: str | Path, cfg: str | Path | dict | None = None, nc: 
 
     ``cfg`` is required for official DynamicDet files, optional for YOLOv7 files (choose a
     ``dy-*`` config for a two-detector warm start) and ignored for ``dydet-v1`` files. Returns
-    ``(model, info)`` with info keys ``format``, ``names``, ``thresholds``, ``meta``, ``extra``,
-    ``not_loaded``, ``dropped`` and ``path``.
+    ``(model, info)`` with info keys ``format``, ``names``, ``img_size`` (the size it was
+    trained at, or None), ``thresholds``, ``meta``, ``extra``, ``not_loaded``, ``dropped`` and
+    ``path``.
     """
     ckpt = read_checkpoint(path)
     kind = detect_format(ckpt)
     loader = {FORMAT: _load_ours, DYNAMICDET: _load_dynamicdet, YOLOV7: _load_yolov7}[kind]
     model, info = loader(ckpt, cfg, nc, str(path))
-    info = {"format": kind, "thresholds": {}, "meta": {}, "extra": {}, "not_loaded": [],
+    info = {"format": kind, "img_size": None, "thresholds": {}, "meta": {}, "extra": {}, "not_loaded": [],
             "dropped": [], **info, "names": list(model.names), "path": str(path)}
     return model.to(device), info
 
@@ -240,7 +247,9 @@ def _load_ours(ckpt: Mapping, cfg: Any, nc: int | None, source: str) -> tuple[nn
     model = _build(ckpt["cfg"], names=list(ckpt["names"]))
     load_strict(model, ckpt["model"], source=source)
     extra = {k: v for k, v in ckpt.items() if k not in RESERVED_KEYS}
-    info = {"thresholds": dict(ckpt.get("thresholds") or {}), "meta": dict(ckpt.get("meta") or {}), "extra": extra}
+    thresholds = dict(ckpt.get("thresholds") or {})
+    info = {"thresholds": thresholds, "meta": dict(ckpt.get("meta") or {}), "extra": extra,
+            "img_size": ckpt.get("img_size") or thresholds.get("img_size")}  # older files: the calibration's size
     if cfg is not None:
         target = _build(cfg, names=model.names)
         if target.is_dynamic and not model.is_dynamic:  # warm start of both detectors, as for YOLOv7 files

@@ -1,8 +1,7 @@
-"""Model-zoo weights: resolve a release name to a local file, downloading it when needed.
+"""Model-zoo weights: resolve a registry name to a local file, downloading it when needed.
 
-A bare zoo name (``dy-yolov7.pt``) is looked for in the working directory, then ``weights/``,
-then the cache directory (``$DYDET_WEIGHTS_DIR``, default ``~/.cache/dynamicdet/weights``) and
-downloaded there when missing. Downloads use only the standard library: a temp file beside the
+A bare zoo name (``dy-yolov7.pt``; the registry is :mod:`models.zoo`) is looked for where
+:func:`models.zoo.find_local` looks and downloaded into the cache when missing. Downloads use only the standard library: a temp file beside the
 destination, resumed with an HTTP ``Range`` request after a dropped connection, checked
 (Content-Length, a minimum size, sha256 where known) and then renamed into place, so a failed or
 interrupted download never leaves a file under the final name.
@@ -16,22 +15,19 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from urllib.error import HTTPError
 from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
+from models.zoo import REPO_WEIGHTS, SHIPPED, ZOO, ZooEntry, find_local, weights_dir
 from utils.io import atomic_write
 
-__all__ = ["ZOO", "DownloadError", "ZooEntry", "attempt_download", "download", "weights_dir", "zoo_cfg"]
+__all__ = ["DownloadError", "attempt_download", "download"]
 
 LOGGER = logging.getLogger(__name__)
 
-DYNAMICDET_RELEASE = "https://github.com/VDIGPKU/DynamicDet/releases/download/v0.1"
-YOLOV7_RELEASE = "https://github.com/WongKinYiu/yolov7/releases/download/v0.1"
 MB = 10**6
 CHUNK = 1 << 16
 USER_AGENT = "dynamicdet-weights-downloader"
@@ -41,52 +37,6 @@ TRANSIENT_HTTP = frozenset({408, 416, 425, 429, 500, 502, 503, 504})
 
 class DownloadError(RuntimeError):
     """A zoo file could not be downloaded; the message says where to put it by hand."""
-
-
-@dataclass(frozen=True)
-class ZooEntry:
-    """One released weights file.
-
-    ``min_size`` is a conservative sanity bound in bytes (it catches an HTML error page or a
-    truncated file), not the exact size; ``sha256`` is None where no published hash is known.
-    ``cfg`` is the matching architecture (``cfg/<cfg>.yaml``) so callers can default ``--cfg``.
-    """
-
-    url: str
-    cfg: str
-    min_size: int
-    sha256: str | None = None
-
-
-def _entry(release: str, cfg: str, min_mb: int) -> ZooEntry:
-    """Zoo entry for ``<release>/<cfg>.pt`` with a ``min_mb`` megabyte sanity bound."""
-    return ZooEntry(url=f"{release}/{cfg}.pt", cfg=cfg, min_size=min_mb * MB)
-
-
-# The official releases. No sha256 is published for them, so none is listed (never guess one).
-ZOO: Mapping[str, ZooEntry] = MappingProxyType({
-    f"{e.cfg}.pt": e for e in (
-        _entry(DYNAMICDET_RELEASE, "dy-yolov7", 100),
-        _entry(DYNAMICDET_RELEASE, "dy-yolov7x", 100),
-        _entry(DYNAMICDET_RELEASE, "dy-yolov7-w6", 100),
-        _entry(YOLOV7_RELEASE, "yolov7", 100),
-        _entry(YOLOV7_RELEASE, "yolov7x", 100),
-        _entry(YOLOV7_RELEASE, "yolov7-w6", 100),
-        _entry(YOLOV7_RELEASE, "yolov7-tiny", 10),
-    )
-})
-
-
-def weights_dir() -> Path:
-    """The download cache: ``$DYDET_WEIGHTS_DIR`` if set, else ``~/.cache/dynamicdet/weights``."""
-    env = os.environ.get("DYDET_WEIGHTS_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "dynamicdet" / "weights"
-
-
-def zoo_cfg(weights: str | Path, zoo: Mapping[str, ZooEntry] = ZOO) -> str | None:
-    """The architecture name (``dy-yolov7`` ...) of a zoo weights name or path, else None."""
-    entry = zoo.get(Path(weights).name)
-    return entry.cfg if entry else None
 
 
 def attempt_download(weights: str | Path, cache_dir: Path | None = None, retries: int = 3,
@@ -102,16 +52,23 @@ def attempt_download(weights: str | Path, cache_dir: Path | None = None, retries
     path = Path(weights)
     if path.is_file():
         return path
-    entry = zoo.get(path.name)
+    known = {**SHIPPED, **zoo}
+    entry = known.get(path.name)
     if entry is None:
         raise FileNotFoundError(f"weights {str(weights)!r} not found, and not a model-zoo name "
-                                f"(known: {', '.join(sorted(zoo))})")
-    cache = Path(cache_dir) if cache_dir is not None else weights_dir()
+                                f"(known: {', '.join(sorted(known))})")
+    if entry.url is None:  # shipped with the repository: never downloaded
+        local = find_local(path.name, cache_dir)
+        if local is None:
+            raise FileNotFoundError(f"the shipped weights {path.name} are missing from {REPO_WEIGHTS}; "
+                                    f"restore them with: git checkout -- weights/{path.name}")
+        return local
     if path.name != str(weights):  # an explicit location: use it as the destination
         return download(entry, path, retries, timeout, backoff=backoff)
-    for candidate in (path, Path("weights") / path, cache / path):
-        if candidate.is_file():
-            return candidate
+    local = find_local(path, cache_dir)
+    if local is not None:
+        return local
+    cache = Path(cache_dir) if cache_dir is not None else weights_dir()
     return download(entry, cache / path, retries, timeout, backoff=backoff)
 
 

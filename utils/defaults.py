@@ -1,0 +1,45 @@
+"""Every default of the command line, the scripts' ``run(...)`` and the Python API, once.
+
+The scripts' option dataclasses, their flags and :class:`dydet.DyDet` all read this table, so
+a default changes in one place. Thresholds come in two sets: ``PREDICT`` for detecting (what a
+user sees) and ``VAL`` for scoring (low confidence, so the whole precision-recall curve counts).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Confidence and NMS settings of one task."""
+
+    conf_thres: float
+    iou_thres: float
+    max_det: int = 300
+
+
+PREDICT = Thresholds(conf_thres=0.25, iou_thres=0.45)
+VAL = Thresholds(conf_thres=0.001, iou_thres=0.65)
+
+# Input size when neither the caller nor the checkpoint (its training size) gives one.
+IMG_SIZE = 640
+# Box line width in annotated images; None: from the image size.
+LINE_THICKNESS: int | None = None
+
+# The shipped demo model and sample images: what detect.py uses when given nothing.
+DEMO_WEIGHTS = "weights/demo-dy-yolov7-tiny.pt"
+DEMO_SOURCE = "data/images"
+
+# Where each script's runs go: <project>/<name>, with an incremented name unless --exist-ok.
+PROJECT = {
+    "detect": "runs/detect", "test": "runs/test", "train": "runs/train",
+    "train_router": "runs/train_router", "benchmark": "runs/benchmark",
+}
+RUN_NAME = "exp"
+
+# Batch sizes and loader workers.
+BATCH = {"detect": 1, "test": 32, "train": 16, "train_router": 8}
+WORKERS = 8
