@@ -1,0 +1,286 @@
+"""DualRes router training on a frozen detector (DualRes Sec. 3.1.2), on cached samples.
+
+Each image's thumbnail and detection losses at both resolutions are computed once
+(:mod:`utils.routing.dualres_cache`); every epoch then runs only the router on the thumbnails:
+logits -> binary Gumbel-Softmax decisions g (straight-through) -> the objective
+mean[g L_high + (1 - g) L_low] + γ (p - θ)² (:mod:`utils.routing.gumbel`). Optimiser as in
+the paper: SGD with Nesterov momentum 0.8, lr 3.2e-4 with a per-epoch cosine schedule, weight
+decay 3.6e-4, 40 epochs. The paper gives no values for τ, γ, θ; the defaults here are τ = 1,
+θ = 0.5 and γ = 10 × mean |L_low - L_high| over the training images (``relative_gamma``): the
+objective's scale is that of the detection losses, so a fixed γ would mean something different
+for every detector, loss gain setting and image size.
+
+Under torchrun only the router (as :class:`ThumbnailRouter`) is wrapped in DDP; every process
+holds the gathered samples and trains on its share of each epoch's batches. The balance term
+uses each process's own batch share p (the paper's "current batch").
+
+After every epoch the main process scores the router on the validation samples, appends a row
+to results.csv and writes ``last.pt`` (and ``best.pt`` when the validation loss-AUC improves)
+with the calibration table of the validation φ (:func:`calibration_record`, route keys
+``easy`` = low resolution and ``hard`` = high resolution, both including the router).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from utils.evaluation.metrics import auc_policy
+from utils.routing.cache import epoch_batches
+from utils.routing.calibration import calibration_record
+from utils.routing.dualres_cache import DualResSamples
+from utils.routing.gumbel import DualResLoss, dualres_objective, gumbel_sigmoid
+from utils.routing.latency import inference_copy, route_latency
+from utils.torch_utils import DistInfo
+from utils.train.trainer import _append_csv, _truncate_csv
+from utils.weights.checkpoints import load_strict, read_checkpoint, save_checkpoint
+
+LOGGER = logging.getLogger("dydet.train_router")
+SWEEP_PERCENTS = range(0, 101, 10)  # high-resolution shares of the validation loss curve
+EVAL_CHUNK = 256  # thumbnails per router call when scoring
+
+
+@dataclass
+class DualResOptions:
+    """Router training options (paper defaults for the optimiser; see the module doc for τ, γ, θ)."""
+
+    epochs: int = 40
+    batch_size: int = 64  # total over all processes
+    lr: float = 3.2e-4
+    momentum: float = 0.8
+    nesterov: bool = True
+    weight_decay: float = 3.6e-4
+    tau: float = 1.0  # Gumbel-Softmax temperature
+    gamma: float = 10.0  # balance weight (× mean |L_low - L_high| when relative_gamma)
+    relative_gamma: bool = True
+    theta: float = 0.5  # target share of high-resolution images
+    seed: int = 0
+    img_size: int = 640  # network input size (route costs, calibration record)
+    latency_reps: int = 5  # batch-1 latency repetitions per route (0: GFLOPs only)
+
+
+@dataclass
+class DualResState:
+    """Counters a resumed run needs besides weights, optimiser and scheduler."""
+
+    epoch: int = 0  # next epoch to run
+    best_fitness: float = float("-inf")
+
+
+class ThumbnailRouter(nn.Module):
+    """The router on cached thumbnails (what DDP wraps: the detector never runs in training)."""
+
+    def __init__(self, router: nn.Module) -> None:
+        super().__init__()
+        self.router = router
+
+    def forward(self, thumbs: torch.Tensor) -> torch.Tensor:
+        return self.router.logits_from_thumbnail(thumbs)
+
+
+def effective_gamma(opt: DualResOptions, samples: DualResSamples) -> float:
+    """γ, scaled by the mean |L_low - L_high| of ``samples`` when ``opt.relative_gamma``."""
+    if not opt.relative_gamma:
+        return float(opt.gamma)
+    return float(opt.gamma) * float(samples.gain.abs().mean())
+
+
+def router_gflops(router: nn.Module) -> float:
+    """Fused GFLOPs of the router on one thumbnail of its input size (the resize not counted)."""
+    from models.flops import _gflops
+    m = copy.deepcopy(router).eval().fuse()
+    p = next(m.parameters())
+    return _gflops(m, torch.zeros(1, 3, m.input_size, m.input_size, device=p.device, dtype=p.dtype))
+
+
+def route_costs(model: nn.Module, img_size: int, reps: int = 5) -> dict[str, float]:
+    """:func:`calibration_record` kwargs: GFLOPs (and batch-1 ms if ``reps``) of low (easy) and high (hard)."""
+    from models.flops import route_gflops
+    gflops = route_gflops(model, img_size)
+    costs = {"easy_gflops": gflops["easy"], "hard_gflops": gflops["hard"]}
+    if reps > 0:
+        ms = route_latency(inference_copy(model), img_size, reps=reps)
+        costs.update(easy_ms=ms["easy"], hard_ms=ms["hard"])
+    return costs
+
+
+@torch.no_grad()
+def samples_phi(router: nn.Module, samples: DualResSamples, device: torch.device) -> torch.Tensor:
+    """φ of every sample (router in eval mode), float32 on the CPU."""
+    was_training = router.training
+    router.eval()
+    try:
+        parts = [router.logits_from_thumbnail(samples.thumbs[i:i + EVAL_CHUNK].to(device).float() / 255.0)
+                 for i in range(0, len(samples), EVAL_CHUNK)]
+    finally:
+        router.train(was_training)
+    return torch.cat(parts).sigmoid().float().cpu()
+
+
+def routed_loss(phi: torch.Tensor, l_low: torch.Tensor, l_high: torch.Tensor, percent: float) -> float:
+    """Mean detection loss when the ``percent``% highest-φ images run at high resolution."""
+    n_high = int(round(len(phi) * percent / 100))
+    high = torch.zeros(len(phi), dtype=torch.bool)
+    high[torch.argsort(phi, descending=True, stable=True)[:n_high]] = True
+    return float(torch.where(high, l_high, l_low).mean())
+
+
+def loss_curve_auc(phi: torch.Tensor, samples: DualResSamples) -> float:
+    """AUC-Policy (DualRes Eq. 10) of -routed loss over the high share; nan when both ends are equal."""
+    losses = [routed_loss(phi, samples.l_low, samples.l_high, k) for k in SWEEP_PERCENTS]
+    try:
+        return auc_policy([k / 100 for k in SWEEP_PERCENTS], [-v for v in losses])
+    except ValueError:
+        return float("nan")
+
+
+def load_dualres_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """(model, info) from a DualRes ``dydet-v1`` file, until ``load_checkpoint`` builds DualRes cfgs itself."""
+    from models.dualres import DualResModel
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt, Mapping) or "dualres" not in (ckpt.get("cfg") or {}):
+        raise ValueError(f"{path} is not a DualRes checkpoint")
+    model = DualResModel.from_cfg(ckpt["cfg"], names=list(ckpt["names"]))
+    load_strict(model, ckpt["model"], source=str(path))
+    reserved = {"format", "model", "cfg", "names", "thresholds", "meta"}
+    info = {"names": list(ckpt["names"]), "thresholds": dict(ckpt.get("thresholds") or {}),
+            "meta": dict(ckpt.get("meta") or {}), "extra": {k: v for k, v in ckpt.items() if k not in reserved}}
+    return model.to(device), info
+
+
+@dataclass
+class DualResTrainer:
+    """Trains ``model.router`` (a DualResModel's) for ``opt.epochs`` epochs; ``fit()`` runs the rest.
+
+    ``train`` holds every training image's samples (gathered over processes), ``val`` the
+    validation images' (main process; None elsewhere, or to score on ``train``).
+    """
+
+    model: nn.Module
+    opt: DualResOptions
+    train: DualResSamples
+    val: DualResSamples | None
+    save_dir: Path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dist: DistInfo = field(default_factory=DistInfo)
+    state: DualResState = field(default_factory=DualResState)
+    costs: dict | None = None  # calibration_record kwargs; measured on the main process when None
+
+    def __post_init__(self) -> None:
+        self.save_dir = Path(self.save_dir)
+        self.wdir = self.save_dir / "weights"
+        self.wdir.mkdir(parents=True, exist_ok=True)
+        self.gamma = effective_gamma(self.opt, self.train)
+        params = list(self.model.router.parameters())
+        self.optimizer = torch.optim.SGD(params, lr=self.opt.lr, momentum=self.opt.momentum,
+                                         nesterov=self.opt.nesterov, weight_decay=self.opt.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(self.opt.epochs, 1))
+        if self.dist.is_main and self.costs is None:
+            self.costs = route_costs(self.model, self.opt.img_size, self.opt.latency_reps)
+            LOGGER.info("DualRes route costs at %d px (router included): %s", self.opt.img_size,
+                        ", ".join(f"{k} {v:.4g}" for k, v in self.costs.items()))
+        head = ThumbnailRouter(self.model.router)
+        self.router = DDP(head, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
+            if self.dist.rank >= 0 else head
+
+    # ---- resume ------------------------------------------------------------------------
+    def restore(self, extra: Mapping) -> None:
+        """Optimiser, scheduler, γ and counters from a last.pt (the router weights came with the model)."""
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self.scheduler.load_state_dict(extra["scheduler"])
+        self.gamma = float(extra["gamma"])
+        self.state = DualResState(int(extra["epoch"]) + 1, float(extra["best_fitness"]))
+        if self.dist.is_main:
+            _truncate_csv(self.save_dir / "results.csv", self.state.epoch)
+
+    # ---- training ----------------------------------------------------------------------
+    def fit(self, until: int | None = None) -> dict:
+        """Run the remaining epochs (or up to epoch ``until``); returns the last epoch's metrics (main process)."""
+        metrics: dict = {}
+        for epoch in range(self.state.epoch, min(self.opt.epochs, until or self.opt.epochs)):
+            t0 = time.time()
+            train_stats = self.train_epoch(epoch)
+            self.scheduler.step()
+            self.state.epoch = epoch + 1
+            if self.dist.is_main:
+                metrics = self._end_epoch(epoch, train_stats, time.time() - t0)
+        return metrics
+
+    def noise_generator(self, epoch: int) -> torch.Generator:
+        """Gumbel noise of ``epoch`` on this process: a pure function of (seed, epoch, rank)."""
+        return torch.Generator().manual_seed((self.opt.seed * 1_000_003 + epoch) * 1009 + max(self.dist.rank, 0))
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over this process's batches; mean loss, detection loss, balance term, high share."""
+        self.model.train()  # router in train mode; the detector stays frozen in eval mode
+        per_rank = max(self.opt.batch_size // max(self.dist.world_size, 1), 1)
+        batches = epoch_batches(len(self.train), per_rank, epoch, self.opt.seed, self.dist)
+        gen, sums = self.noise_generator(epoch), np.zeros(4)
+        bar = tqdm(batches, desc=f"dualres router {epoch + 1}/{self.opt.epochs}", disable=not self.dist.is_main,
+                   leave=False)
+        for n, idx in enumerate(bar, 1):
+            res = self.step(self.train.subset(idx), gen)
+            sums += [float(v) for v in res]
+            bar.set_postfix(loss=f"{sums[0] / n:.4f}", high=f"{sums[3] / n:.2f}")
+        mean = sums / max(len(batches), 1)
+        return dict(zip(("loss", "detection", "balance", "high_share"), mean.tolist()))
+
+    def step(self, batch: DualResSamples, generator: torch.Generator | None = None) -> DualResLoss:
+        """One SGD step of the router on a batch of samples; returns the objective's parts."""
+        logits = self.router(batch.images(self.device))
+        g = gumbel_sigmoid(logits, self.opt.tau, hard=True, generator=generator)
+        res = dualres_objective(g, batch.l_low.to(self.device), batch.l_high.to(self.device), self.gamma,
+                                self.opt.theta)
+        if not torch.isfinite(res.loss):
+            raise FloatingPointError(f"DualRes router loss became {res.loss.item()}")
+        self.optimizer.zero_grad(set_to_none=True)
+        res.loss.backward()  # DDP averages the router's gradients over processes
+        self.optimizer.step()
+        return DualResLoss(*(t.detach() for t in res))
+
+    # ---- end of epoch ------------------------------------------------------------------
+    def score(self) -> tuple[torch.Tensor, dict[str, float]]:
+        """φ of the scoring samples (val, else train) and the router's validation metrics."""
+        samples = self.val if self.val is not None else self.train
+        phi = samples_phi(self.model.router, samples, self.device)
+        metrics = {"routed_loss": statistics.fmean(routed_loss(phi, samples.l_low, samples.l_high, k)
+                                                   for k in range(10, 100, 10)),
+                   "loss_auc": loss_curve_auc(phi, samples),
+                   "high_share": float((phi > self.model.threshold).float().mean())}
+        return phi, metrics
+
+    def _end_epoch(self, epoch: int, train_stats: dict, seconds: float) -> dict:
+        phi, metrics = self.score()
+        fit = metrics["loss_auc"] if math.isfinite(metrics["loss_auc"]) else -metrics["routed_loss"]
+        improved = fit > self.state.best_fitness
+        self.state.best_fitness = max(fit, self.state.best_fitness)
+        row = {"epoch": epoch, **{f"train/{k}": v for k, v in train_stats.items()},
+               **{f"val/{k}": v for k, v in metrics.items()}, "gamma": self.gamma,
+               "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": seconds}
+        _append_csv(self.save_dir / "results.csv", row)
+        calib = calibration_record(phi, img_size=self.opt.img_size, **(self.costs or {}))
+        self._save(epoch, improved, calib)
+        LOGGER.info("dualres router epoch %d/%d: %s", epoch + 1, self.opt.epochs,
+                    ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+        return {**metrics, "thresholds": calib, "phi": phi}
+
+    def _save(self, epoch: int, improved: bool, calib: dict) -> None:
+        meta = {"epoch": epoch, "stage": "dualres-router", "gamma": self.gamma, "run": str(self.save_dir)}
+        extra = {"epoch": epoch, "best_fitness": self.state.best_fitness, "gamma": self.gamma,
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "train_opt": asdict(self.opt)}
+        names = self.model.names
+        save_checkpoint(self.wdir / "last.pt", self.model, names=names, thresholds=calib, meta=meta, extra=extra)
+        if improved:
+            save_checkpoint(self.wdir / "best.pt", self.model, names=names, thresholds=calib, meta=meta)
