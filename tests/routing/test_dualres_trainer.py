@@ -195,10 +195,10 @@ def test_checkpoint_stores_the_calibration_with_route_costs(tmp_path: Path) -> N
     model = dualres()
     t = DualResTrainer(model, options(epochs=1, latency_reps=1), toy_samples(), toy_samples(seed=1), tmp_path, CPU)
     t.fit()
-    _, info = load_dualres_checkpoint(tmp_path / "weights" / "best.pt")
+    _, info = load_dualres_checkpoint(tmp_path / "weights" / "best.pt")  # img_size stored with the model
     calib = info["thresholds"]
     assert len(calib["table"]) == 101 and calib["table"][0] == 1.0 and calib["table"][100] == 0.0
-    assert calib["img_size"] == IMG and calib["n_images"] == 64
+    assert calib["img_size"] == IMG and calib["n_images"] == 64 and info["img_size"] == IMG
     assert 0 < calib["gflops"]["easy"] < calib["gflops"]["hard"]
     assert calib["latency_ms"]["easy"] > 0 and calib["latency_ms"]["hard"] > 0
     phi = samples_phi(model.router, t.val, CPU)

@@ -21,7 +21,6 @@ with the calibration table of the validation φ (:func:`calibration_record`, rou
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import statistics
@@ -37,13 +36,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from utils.evaluation.metrics import auc_policy
+from utils.io import append_csv, truncate_csv
 from utils.routing.cache import epoch_batches
 from utils.routing.calibration import calibration_record
 from utils.routing.dualres_cache import DualResSamples
 from utils.routing.gumbel import DualResLoss, dualres_objective, gumbel_sigmoid
 from utils.routing.latency import inference_copy, route_latency
 from utils.torch_utils import DistInfo
-from utils.train.trainer import _append_csv, _truncate_csv
 from utils.weights.checkpoints import load_strict, read_checkpoint, save_checkpoint
 
 LOGGER = logging.getLogger("dydet.train_router")
@@ -97,11 +96,9 @@ def effective_gamma(opt: DualResOptions, samples: DualResSamples) -> float:
 
 
 def router_gflops(router: nn.Module) -> float:
-    """Fused GFLOPs of the router on one thumbnail of its input size (the resize not counted)."""
-    from models.flops import _gflops
-    m = copy.deepcopy(router).eval().fuse()
-    p = next(m.parameters())
-    return _gflops(m, torch.zeros(1, 3, m.input_size, m.input_size, device=p.device, dtype=p.dtype))
+    """Fused GFLOPs of the router on one thumbnail of its input size (the resize itself not counted)."""
+    from models.flops import route_gflops
+    return route_gflops(router, router.input_size)["all"]
 
 
 def route_costs(model: nn.Module, img_size: int, reps: int = 5) -> dict[str, float]:
@@ -153,8 +150,9 @@ def load_dualres_checkpoint(path: str | Path, device: str | torch.device = "cpu"
         raise ValueError(f"{path} is not a DualRes checkpoint")
     model = DualResModel.from_cfg(ckpt["cfg"], names=list(ckpt["names"]))
     load_strict(model, ckpt["model"], source=str(path))
-    reserved = {"format", "model", "cfg", "names", "thresholds", "meta"}
-    info = {"names": list(ckpt["names"]), "thresholds": dict(ckpt.get("thresholds") or {}),
+    reserved = {"format", "model", "cfg", "names", "img_size", "thresholds", "meta"}
+    info = {"names": list(ckpt["names"]), "img_size": ckpt.get("img_size"),
+            "thresholds": dict(ckpt.get("thresholds") or {}),
             "meta": dict(ckpt.get("meta") or {}), "extra": {k: v for k, v in ckpt.items() if k not in reserved}}
     return model.to(device), info
 
@@ -202,7 +200,7 @@ class DualResTrainer:
         self.gamma = float(extra["gamma"])
         self.state = DualResState(int(extra["epoch"]) + 1, float(extra["best_fitness"]))
         if self.dist.is_main:
-            _truncate_csv(self.save_dir / "results.csv", self.state.epoch)
+            truncate_csv(self.save_dir / "results.csv", self.state.epoch)
 
     # ---- training ----------------------------------------------------------------------
     def fit(self, until: int | None = None) -> dict:
@@ -268,7 +266,7 @@ class DualResTrainer:
         row = {"epoch": epoch, **{f"train/{k}": v for k, v in train_stats.items()},
                **{f"val/{k}": v for k, v in metrics.items()}, "gamma": self.gamma,
                "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": seconds}
-        _append_csv(self.save_dir / "results.csv", row)
+        append_csv(self.save_dir / "results.csv", row)
         calib = calibration_record(phi, img_size=self.opt.img_size, **(self.costs or {}))
         self._save(epoch, improved, calib)
         LOGGER.info("dualres router epoch %d/%d: %s", epoch + 1, self.opt.epochs,
@@ -280,7 +278,7 @@ class DualResTrainer:
         extra = {"epoch": epoch, "best_fitness": self.state.best_fitness, "gamma": self.gamma,
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "train_opt": asdict(self.opt)}
-        names = self.model.names
-        save_checkpoint(self.wdir / "last.pt", self.model, names=names, thresholds=calib, meta=meta, extra=extra)
+        kw = {"names": self.model.names, "img_size": self.opt.img_size, "thresholds": calib, "meta": meta}
+        save_checkpoint(self.wdir / "last.pt", self.model, extra=extra, **kw)
         if improved:
-            save_checkpoint(self.wdir / "best.pt", self.model, names=names, thresholds=calib, meta=meta)
+            save_checkpoint(self.wdir / "best.pt", self.model, **kw)
