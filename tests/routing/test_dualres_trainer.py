@@ -79,7 +79,8 @@ def trainer(model: DualResModel, save_dir: Path, opt: DualResOptions | None = No
 def routed_objective(model: DualResModel, samples: DualResSamples, t: DualResTrainer) -> float:
     """The objective with each image's deterministic route (φ > 0.5)."""
     hard = (samples_phi(model.router, samples, CPU) > 0.5).float()
-    return float(dualres_objective(hard, samples.l_low, samples.l_high, t.gamma, t.opt.theta).loss)
+    s = t.loss_scale
+    return float(dualres_objective(hard, samples.l_low / s, samples.l_high / s, t.opt.gamma, t.opt.theta).loss)
 
 
 # ---- samples ---------------------------------------------------------------------------
@@ -203,3 +204,17 @@ def test_checkpoint_stores_the_calibration_with_route_costs(tmp_path: Path) -> N
     assert calib["latency_ms"]["easy"] > 0 and calib["latency_ms"]["hard"] > 0
     phi = samples_phi(model.router, t.val, CPU)
     assert abs(float((phi > calib["table"][30]).float().mean()) - 0.3) < 0.05
+
+
+def test_normalised_losses_make_training_independent_of_the_loss_scale(tmp_path: Path) -> None:
+    base = dualres()
+    routers = []
+    for k, factor in enumerate((1.0, 100.0)):
+        train = toy_samples()
+        train.l_low, train.l_high = train.l_low * factor, train.l_high * factor
+        t = DualResTrainer(copy.deepcopy(base), options(epochs=1), train, None, tmp_path / str(k), CPU, costs={})
+        t.fit()
+        assert t.loss_scale == pytest.approx(float(train.gain.abs().mean()))
+        routers.append(t.model.router.state_dict())
+    for key, v in routers[0].items():
+        torch.testing.assert_close(routers[1][key], v, rtol=1e-4, atol=1e-6)

@@ -6,9 +6,14 @@ logits -> binary Gumbel-Softmax decisions g (straight-through) -> the objective
 mean[g L_high + (1 - g) L_low] + γ (p - θ)² (:mod:`utils.routing.gumbel`). Optimiser as in
 the paper: SGD with Nesterov momentum 0.8, lr 3.2e-4 with a per-epoch cosine schedule, weight
 decay 3.6e-4, 40 epochs. The paper gives no values for τ, γ, θ; the defaults here are τ = 1,
-θ = 0.5 and γ = 10 × mean |L_low - L_high| over the training images (``relative_gamma``): the
-objective's scale is that of the detection losses, so a fixed γ would mean something different
-for every detector, loss gain setting and image size.
+θ = 0.5, γ = 10.
+
+Loss normalisation (``normalize_losses``, on by default; not in the paper): both losses are
+divided by s = mean |L_low - L_high| over the training images before entering the objective.
+The objective's gradient is proportional to the detection losses' scale, which depends on the
+detector, the loss gains and the image size (s = 0.022 for the demo model at 128 px), so
+without it neither the learning rate nor γ means the same thing from one detector to the next;
+with it, a typical image's gain is 1 and γ weighs the balance term against that.
 
 Under torchrun only the router (as :class:`ThumbnailRouter`) is wrapped in DDP; every process
 holds the gathered samples and trains on its share of each epoch's batches. The balance term
@@ -61,8 +66,8 @@ class DualResOptions:
     nesterov: bool = True
     weight_decay: float = 3.6e-4
     tau: float = 1.0  # Gumbel-Softmax temperature
-    gamma: float = 10.0  # balance weight (× mean |L_low - L_high| when relative_gamma)
-    relative_gamma: bool = True
+    gamma: float = 10.0  # balance weight γ
+    normalize_losses: bool = True  # divide L_low, L_high by mean |L_low - L_high| of the training images
     theta: float = 0.5  # target share of high-resolution images
     seed: int = 0
     img_size: int = 640  # network input size (route costs, calibration record)
@@ -88,11 +93,10 @@ class ThumbnailRouter(nn.Module):
         return self.router.logits_from_thumbnail(thumbs)
 
 
-def effective_gamma(opt: DualResOptions, samples: DualResSamples) -> float:
-    """γ, scaled by the mean |L_low - L_high| of ``samples`` when ``opt.relative_gamma``."""
-    if not opt.relative_gamma:
-        return float(opt.gamma)
-    return float(opt.gamma) * float(samples.gain.abs().mean())
+def loss_scale(opt: DualResOptions, samples: DualResSamples) -> float:
+    """The divisor of both losses: mean |L_low - L_high| of ``samples`` (1 when off or zero)."""
+    s = float(samples.gain.abs().mean()) if opt.normalize_losses else 1.0
+    return s if s > 0 else 1.0
 
 
 def router_gflops(router: nn.Module) -> float:
@@ -179,7 +183,7 @@ class DualResTrainer:
         self.save_dir = Path(self.save_dir)
         self.wdir = self.save_dir / "weights"
         self.wdir.mkdir(parents=True, exist_ok=True)
-        self.gamma = effective_gamma(self.opt, self.train)
+        self.loss_scale = loss_scale(self.opt, self.train)
         params = list(self.model.router.parameters())
         self.optimizer = torch.optim.SGD(params, lr=self.opt.lr, momentum=self.opt.momentum,
                                          nesterov=self.opt.nesterov, weight_decay=self.opt.weight_decay)
@@ -197,7 +201,7 @@ class DualResTrainer:
         """Optimiser, scheduler, γ and counters from a last.pt (the router weights came with the model)."""
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
-        self.gamma = float(extra["gamma"])
+        self.loss_scale = float(extra["loss_scale"])
         self.state = DualResState(int(extra["epoch"]) + 1, float(extra["best_fitness"]))
         if self.dist.is_main:
             truncate_csv(self.save_dir / "results.csv", self.state.epoch)
@@ -238,8 +242,9 @@ class DualResTrainer:
         """One SGD step of the router on a batch of samples; returns the objective's parts."""
         logits = self.router(batch.images(self.device))
         g = gumbel_sigmoid(logits, self.opt.tau, hard=True, generator=generator)
-        res = dualres_objective(g, batch.l_low.to(self.device), batch.l_high.to(self.device), self.gamma,
-                                self.opt.theta)
+        s = self.loss_scale
+        res = dualres_objective(g, batch.l_low.to(self.device) / s, batch.l_high.to(self.device) / s,
+                                self.opt.gamma, self.opt.theta)
         if not torch.isfinite(res.loss):
             raise FloatingPointError(f"DualRes router loss became {res.loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -264,7 +269,7 @@ class DualResTrainer:
         improved = fit > self.state.best_fitness
         self.state.best_fitness = max(fit, self.state.best_fitness)
         row = {"epoch": epoch, **{f"train/{k}": v for k, v in train_stats.items()},
-               **{f"val/{k}": v for k, v in metrics.items()}, "gamma": self.gamma,
+               **{f"val/{k}": v for k, v in metrics.items()}, "loss_scale": self.loss_scale,
                "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": seconds}
         append_csv(self.save_dir / "results.csv", row)
         calib = calibration_record(phi, img_size=self.opt.img_size, **(self.costs or {}))
@@ -274,8 +279,8 @@ class DualResTrainer:
         return {**metrics, "thresholds": calib, "phi": phi}
 
     def _save(self, epoch: int, improved: bool, calib: dict) -> None:
-        meta = {"epoch": epoch, "stage": "dualres-router", "gamma": self.gamma, "run": str(self.save_dir)}
-        extra = {"epoch": epoch, "best_fitness": self.state.best_fitness, "gamma": self.gamma,
+        meta = {"epoch": epoch, "stage": "dualres-router", "loss_scale": self.loss_scale, "run": str(self.save_dir)}
+        extra = {"epoch": epoch, "best_fitness": self.state.best_fitness, "loss_scale": self.loss_scale,
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "train_opt": asdict(self.opt)}
         kw = {"names": self.model.names, "img_size": self.opt.img_size, "thresholds": calib, "meta": meta}
