@@ -1,55 +1,83 @@
 """Detect objects in images, videos, webcams and streams; dynamic models route each image.
 
-    python detect.py --weights weights/demo-dy-yolov7-tiny.pt --source data/images --img-size 640
+    python detect.py                                             # the demo model on data/images
+    python detect.py --source photo.jpg                          # the demo model on your image
     python detect.py --weights best.pt --source video.mp4 --dy-thres p30 --save-txt
     python detect.py --weights dy-yolov7.pt --source 0 --view-img          # webcam 0
 
 Annotated images/videos (with each image's route and φ for dynamic models) and, with
---save-txt, YOLO labels go to runs/detect/<name>/.
+--save-txt / --save-crop, YOLO labels and cropped boxes go to runs/detect/<name>/.
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import re
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 from tqdm import tqdm
 
 from dydet import DyDet
 from utils.cli import script_main
-from utils.paths import increment_path
-from utils.data.images import write_image
-from utils.inference.results import Result
 from utils.data.sources import open_source
+from utils.defaults import DEMO_SOURCE, DEMO_WEIGHTS, LINE_THICKNESS, PREDICT, PROJECT, RUN_NAME
+from utils.inference.tally import Tally, print_summary
+from utils.inference.writer import ResultWriter
+from utils.options import make_options, option, parse_options
+from utils.paths import increment_path
 
 LOGGER = logging.getLogger("dydet.detect")
-WRITABLE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 
 
-def run(weights: str | Path, source: str | Path, cfg: str | None = None, img_size: int = 640,
-        conf_thres: float = 0.25, iou_thres: float = 0.45, device: str = "", dy_thres: float | str | None = None,
-        target_latency: float | None = None, target_gflops: float | None = None, batch_size: int = 1,
-        view_img: bool = False, save_txt: bool = False, save_conf: bool = False, nosave: bool = False,
-        classes: list[int] | None = None, agnostic_nms: bool = False, max_det: int = 1000,
-        project: str | Path = "runs/detect", name: str = "exp", exist_ok: bool = False,
-        line_thickness: int | None = None) -> dict:
+@dataclass
+class Options:
+    """detect.py's options (flags: ``--conf-thres`` for ``conf_thres`` ...)."""
+
+    weights: str = option(DEMO_WEIGHTS, "checkpoint (ours or official), zoo name or .onnx (default: the demo model)")
+    source: str | None = option(None, "image, folder, glob, .txt list, video, webcam index, stream URL or "
+                                      ".streams file (default: the sample images in data/images)")
+    cfg: str | None = option(None, "architecture for official DynamicDet checkpoints, e.g. dy-yolov7")
+    img_size: int | None = option(None, "inference size, long side in pixels (default: the size the weights "
+                                        "were trained at, else 640)")
+    conf_thres: float = option(PREDICT.conf_thres, "confidence threshold")
+    iou_thres: float = option(PREDICT.iou_thres, "NMS IoU threshold")
+    max_det: int = option(PREDICT.max_det, "maximum detections per image")
+    device: str = option("", "cpu, 0, 0,1 ... (default: CUDA 0 if available)")
+    dy_thres: float | str | None = option(
+        None, "routing threshold of dynamic models: a number in [0, 1], or pK = K%% hard images")
+    target_latency: float | None = option(None, "choose the threshold for this latency (ms)")
+    target_gflops: float | None = option(None, "choose the threshold for this average cost")
+    batch_size: int = option(1, "images per forward pass")
+    view_img: bool = option(False, "show results in a window (needs a display; q quits)")
+    save_txt: bool = option(False, "write YOLO labels to <save dir>/labels/")
+    save_conf: bool = option(False, "add the confidence to --save-txt labels")
+    save_crop: bool = option(False, "write each detection's box to <save dir>/crops/<class>/")
+    nosave: bool = option(False, "do not save annotated images or videos")
+    classes: list[int] | None = option(None, "keep only these class ids")
+    agnostic_nms: bool = option(False, "class-agnostic NMS")
+    project: str = option(PROJECT["detect"])
+    name: str = option(RUN_NAME)
+    exist_ok: bool = option(False, "reuse an existing run folder")
+    line_thickness: int | None = option(LINE_THICKNESS, "box line width in pixels (default: by image size)")
+
+
+def run(options: Options | None = None, /, **kwargs) -> dict:
     """Detect on ``source`` and save the outputs; returns the summary dict (see :class:`Tally`)."""
-    src = open_source(source)
-    detector = DyDet(weights, cfg=cfg, device=device)
-    how = detector.set_threshold(dy_thres, target_latency=target_latency, target_gflops=target_gflops,
+    opt = make_options(Options, options, **kwargs)
+    src = open_source(DEMO_SOURCE if opt.source is None else opt.source)
+    detector = DyDet(opt.weights, cfg=opt.cfg, device=opt.device)
+    img_size = opt.img_size or detector.img_size
+    how = detector.set_threshold(opt.dy_thres, target_latency=opt.target_latency, target_gflops=opt.target_gflops,
                                  img_size=img_size)
-    LOGGER.info("routing: %s", how)
-    save_dir = increment_path(Path(project) / name, exist_ok)
+    LOGGER.info("routing: %s; input size %d", how, img_size)
+    save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
-    sink = Outputs(save_dir, not nosave, save_txt, save_conf, view_img, line_thickness)
-    tally = Tally(threshold=detector.threshold)
-    results = detector.stream(src, img_size, conf_thres, iou_thres, None, batch_size, classes, agnostic_nms, max_det)
+    sink = ResultWriter(save_dir, not opt.nosave, opt.save_txt, opt.save_conf, opt.view_img, opt.line_thickness,
+                        opt.save_crop)
+    tally = Tally(threshold=detector.threshold, img_size=img_size)
+    results = detector.stream(src, img_size=img_size, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
+                              batch_size=opt.batch_size, classes=opt.classes, agnostic_nms=opt.agnostic_nms,
+                              max_det=opt.max_det)
     try:
         for r in tqdm(results, desc="detect", unit="img"):
             sink.write(r)
@@ -66,181 +94,12 @@ def run(weights: str | Path, source: str | Path, cfg: str | None = None, img_siz
     return summary
 
 
-# --------------------------------------------------------------------------- outputs
-def _safe_stem(path: str) -> str:
-    """A file-name stem for a result path (URLs and webcam labels included)."""
-    p = Path(path)
-    stem = p.stem if p.suffix else p.name
-    if "://" in path or not stem:
-        stem = re.sub(r"[^\w.-]+", "_", path.split("://", 1)[-1]).strip("_")
-    return stem or "stream"
-
-
-def display_available() -> bool:
-    """Whether a window can be opened (an X/Wayland display on Linux; assumed elsewhere)."""
-    if sys.platform.startswith("linux"):
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    return True
-
-
-class Outputs:
-    """Writes annotated images, videos (one per video file or stream) and YOLO label files."""
-
-    def __init__(self, save_dir: Path, save_img: bool = True, save_txt: bool = False, save_conf: bool = False,
-                 view_img: bool = False, line_width: int | None = None) -> None:
-        self.save_dir, self.save_img, self.save_txt, self.save_conf = save_dir, save_img, save_txt, save_conf
-        self.line_width = line_width
-        self.view_img = view_img and self._can_view()
-        self.writers: dict[str, cv2.VideoWriter] = {}
-        self.saved: list[Path] = []
-        self.n_labels = 0
-        self._last_path: str | None = None
-        self.quit = False  # set when 'q' is pressed in a result window
-
-    @staticmethod
-    def _can_view() -> bool:
-        if display_available():
-            return True
-        LOGGER.warning("--view-img: no display found, not showing results")
-        return False
-
-    def write(self, r: Result) -> None:
-        annotated = r.plot(self.line_width) if (self.save_img or self.view_img) else None
-        if self.save_txt:
-            stem = _safe_stem(r.path) + ("" if r.frame is None else f"_{r.frame}")
-            r.to_txt(self.save_dir / "labels" / f"{stem}.txt", self.save_conf)
-            self.n_labels += 1
-        if self.save_img:
-            self._save(r, annotated)
-        if self.view_img:
-            self._show(r.path, annotated)
-
-    def _save(self, r: Result, img) -> None:
-        if r.frame is None:
-            suffix = Path(r.path).suffix.lower()
-            name = Path(r.path).name if suffix in WRITABLE_SUFFIXES else f"{_safe_stem(r.path)}.jpg"
-            self.saved.append(write_image(self.save_dir / name, img))
-            return
-        if r.path != self._last_path:
-            self._release_finished_file()
-            self._last_path = r.path
-        if r.path not in self.writers:
-            self.writers[r.path] = self._open_writer(r, img.shape)
-        self.writers[r.path].write(img)
-
-    def _open_writer(self, r: Result, shape) -> cv2.VideoWriter:
-        path = self.save_dir / f"{_safe_stem(r.path)}.mp4"
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), r.fps or 30.0, (shape[1], shape[0]))
-        if not writer.isOpened():
-            raise RuntimeError(f"cannot write video {path}")
-        self.saved.append(path)
-        return writer
-
-    def _release_finished_file(self) -> None:
-        """A video file's frames come in one run: its writer can close when another path starts."""
-        last = self._last_path
-        if last is not None and last in self.writers and os.path.isfile(last):
-            self.writers.pop(last).release()
-
-    def _show(self, path: str, img) -> None:
-        try:
-            cv2.imshow(path, img)
-            self.quit = cv2.waitKey(1) & 0xFF == ord("q")
-        except cv2.error as e:
-            LOGGER.warning("--view-img: cannot open a window (%s), not showing results", str(e).strip().splitlines()[-1])
-            self.view_img = False
-
-    def close(self) -> None:
-        for writer in self.writers.values():
-            writer.release()
-        self.writers.clear()
-        if self.view_img:
-            cv2.destroyAllWindows()
-
-
-# --------------------------------------------------------------------------- summary
-@dataclass
-class Tally:
-    """Counts and per-route time over a run (each image's share of its batch's time)."""
-
-    threshold: float | None = None
-    images: int = 0
-    frames: int = 0
-    routes: dict[str, int] = field(default_factory=dict)
-    route_ms: dict[str, float] = field(default_factory=dict)
-    stage_ms: dict[str, float] = field(default_factory=dict)
-    start: float = field(default_factory=time.perf_counter)
-
-    def add(self, r: Result) -> None:
-        if r.frame is None:
-            self.images += 1
-        else:
-            self.frames += 1
-        route = r.route or "all"
-        self.routes[route] = self.routes.get(route, 0) + 1
-        self.route_ms[route] = self.route_ms.get(route, 0.0) + sum(r.timing.values())
-        for k, v in r.timing.items():
-            self.stage_ms[k] = self.stage_ms.get(k, 0.0) + v
-
-    def summary(self, save_dir: Path, outputs: Outputs) -> dict:
-        n = max(self.images + self.frames, 1)
-        return {
-            "images": self.images, "frames": self.frames,
-            "easy": self.routes.get("easy", 0), "hard": self.routes.get("hard", 0),
-            "threshold": self.threshold,
-            "ms_per_route": {k: self.route_ms[k] / c for k, c in self.routes.items()},
-            "ms_per_stage": {k: v / n for k, v in self.stage_ms.items()},
-            "seconds": time.perf_counter() - self.start,
-            "save_dir": str(save_dir), "saved": [str(p) for p in outputs.saved], "labels": outputs.n_labels,
-        }
-
-
-def print_summary(s: dict) -> None:
-    print(f"Done: {s['images']} images and {s['frames']} video frames in {s['seconds']:.1f} s")
-    per = s["ms_per_route"]
-    if s["threshold"] is not None:
-        routes = ", ".join(f"{s[k]} {k}" + (f" ({per[k]:.1f} ms each)" if k in per else "") for k in ("easy", "hard"))
-        print(f"Routing (threshold {s['threshold']:.4g}): {routes}")
-    stages = s["ms_per_stage"]
-    if stages:
-        print(f"Speed: {stages.get('pre', 0):.1f} ms pre-process, {stages.get('infer', 0):.1f} ms inference, "
-              f"{stages.get('nms', 0):.1f} ms NMS per image")
-    saved = [f"{len(s['saved'])} images/videos"] + ([f"{s['labels']} label files in labels/"] if s["labels"] else [])
-    print(f"Results saved to {s['save_dir']} ({', '.join(saved)})")
-
-
-# --------------------------------------------------------------------------- command line
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, help="checkpoint (ours or official), zoo name or .onnx")
-    p.add_argument("--cfg", default=None, help="architecture for official DynamicDet checkpoints, e.g. dy-yolov7")
-    p.add_argument("--source", required=True,
-                   help="image, folder, glob, .txt list, video, webcam index, stream URL or .streams file")
-    p.add_argument("--img-size", type=int, default=640, help="inference size (long side, pixels)")
-    p.add_argument("--conf-thres", type=float, default=0.25)
-    p.add_argument("--iou-thres", type=float, default=0.45)
-    p.add_argument("--device", default="", help="cpu, 0, 0,1 ... (default: CUDA 0 if available)")
-    p.add_argument("--dy-thres", default=None,
-                   help="routing threshold of dynamic models: a number in [0, 1], or pK = K%% hard images")
-    p.add_argument("--target-latency", type=float, default=None, help="choose the threshold for this latency (ms)")
-    p.add_argument("--target-gflops", type=float, default=None, help="choose the threshold for this average cost")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--view-img", action="store_true", help="show results in a window (needs a display; q quits)")
-    p.add_argument("--save-txt", action="store_true", help="write YOLO labels to <save dir>/labels/")
-    p.add_argument("--save-conf", action="store_true", help="add the confidence to --save-txt labels")
-    p.add_argument("--nosave", action="store_true", help="do not save annotated images or videos")
-    p.add_argument("--classes", type=int, nargs="+", default=None, help="keep only these class ids")
-    p.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")
-    p.add_argument("--max-det", type=int, default=1000, help="maximum detections per image")
-    p.add_argument("--project", default="runs/detect")
-    p.add_argument("--name", default="exp")
-    p.add_argument("--exist-ok", action="store_true")
-    p.add_argument("--line-thickness", type=int, default=None, help="box line width in pixels (default: by size)")
-    return p.parse_args(argv)
+def parse_args(argv: list[str] | None = None) -> Options:
+    return parse_options(Options, argv, __doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return script_main(parse_args, run, argv)
+    return script_main(Options, run, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
     from dydet import DyDet
 
-    model = DyDet("weights/demo-dy-yolov7-tiny.pt")
-    for r in model.predict("images/", img_size=640, dy_thres="p30"):
+    model = DyDet()                    # the shipped demo model; or DyDet("best.pt"), DyDet("dy-yolov7.pt")
+    for r in model.predict("images/", dy_thres="p30"):
         print(r)                       # Result('images/a.jpg'; 3 boxes (2 circle, 1 cross); hard φ=0.81; ...)
         r.save(f"out/{Path(r.path).name}")
 """
@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
-from utils.weights.backends import load_model
-from utils.routing.calibration import resolve_threshold
+from utils.data.sources import Batch, as_source, iter_batches
+from utils.defaults import DEMO_WEIGHTS, PREDICT
 from utils.evaluation.evaluator import to_original
 from utils.inference.predictor import BatchPrediction, Predictor
 from utils.inference.results import Result
-from utils.data.sources import Batch, as_source, iter_batches
+from utils.routing.calibration import resolve_threshold
+from utils.weights.backends import input_size, load_model
 
 LOGGER = logging.getLogger("dydet")
 
@@ -34,15 +35,22 @@ class DyDet:
 
     ``threshold`` is the routing threshold of dynamic models (an image is hard when φ >
     threshold); assign a number or 'pK' (K% hard, from the checkpoint's calibration).
+    ``img_size`` is the input size used when a call gives none: the size the weights were
+    trained at (an export's own size), else 640.
     """
 
-    def __init__(self, weights: str | Path, cfg: str | None = None, device: str = "", fuse: bool = True) -> None:
+    def __init__(self, weights: str | Path = DEMO_WEIGHTS, cfg: str | None = None, device: str = "",
+                 fuse: bool = True) -> None:
         self.model, self.info = load_model(weights, cfg=cfg, device=device)
         if isinstance(self.model, torch.nn.Module):
             self.model.eval()
             if fuse and hasattr(self.model, "optimize_for_inference"):
                 self.model.optimize_for_inference()  # fused, CPU fast path where it applies
         self._threshold = float(getattr(self.model, "threshold", 0.5)) if self.is_dynamic else None
+
+    @property
+    def img_size(self) -> int:
+        return input_size(None, self.info)
 
     @property
     def names(self) -> list[str]:
@@ -71,7 +79,7 @@ class DyDet:
         self.set_threshold(value)
 
     def set_threshold(self, spec: float | str | None = None, *, target_latency: float | None = None,
-                      target_gflops: float | None = None, img_size: int = 640) -> str:
+                      target_gflops: float | None = None, img_size: int | None = None) -> str:
         """Choose the routing threshold from a number, 'pK', or a latency (ms) / GFLOPs target.
 
         Returns a description of the choice. Plain models have no route: a request is ignored.
@@ -81,12 +89,12 @@ class DyDet:
             self._threshold = threshold
         return how
 
-    def _resolve(self, spec, target_latency=None, target_gflops=None, img_size=640) -> tuple[float | None, str]:
+    def _resolve(self, spec, target_latency=None, target_gflops=None, img_size=None) -> tuple[float | None, str]:
         if not self.is_dynamic:
             if any(v is not None for v in (spec, target_latency, target_gflops)):
                 LOGGER.warning("plain model: the routing threshold is ignored")
             return None, "plain model (no routing)"
-        gflops = self._route_gflops(img_size) if target_gflops is not None else None
+        gflops = self._route_gflops(input_size(img_size, self.info)) if target_gflops is not None else None
         return resolve_threshold(spec, self.calibration, target_latency=target_latency,
                                  target_gflops=target_gflops, gflops=gflops, default=self._threshold)
 
@@ -101,26 +109,28 @@ class DyDet:
             LOGGER.warning("GFLOPs not measured: %s", e)
             return None
 
-    def stream(self, source: Any, img_size: int = 640, conf: float = 0.25, iou: float = 0.45,
-               dy_thres: float | str | None = None, batch_size: int = 1, classes: Sequence[int] | None = None,
-               agnostic: bool = False, max_det: int = 300) -> Iterator[Result]:
+    def stream(self, source: Any, *, img_size: int | None = None, conf_thres: float = PREDICT.conf_thres,
+               iou_thres: float = PREDICT.iou_thres, dy_thres: float | str | None = None, batch_size: int = 1,
+               classes: Sequence[int] | None = None, agnostic_nms: bool = False,
+               max_det: int = PREDICT.max_det) -> Iterator[Result]:
         """Yield one :class:`Result` per image or frame of ``source`` as it is processed (see
         :meth:`predict`); the way to consume webcams and streams, which never end by themselves."""
         threshold = self._threshold if dy_thres is None else self._resolve(dy_thres)[0]
-        predictor = Predictor(self.model, conf, iou, classes, agnostic, max_det)
-        size, shape = self._input_size(img_size)
+        predictor = Predictor(self.model, conf_thres=conf_thres, iou_thres=iou_thres, classes=classes,
+                              agnostic_nms=agnostic_nms, max_det=max_det)
+        size, shape = self._input_size(input_size(img_size, self.info))
         for batch in iter_batches(as_source(source), batch_size, size, self.stride, shape):
             yield from batch_results(batch, predictor(batch.imgs, threshold), self.names)
 
-    def predict(self, source: Any, img_size: int = 640, conf: float = 0.25, iou: float = 0.45,
-                dy_thres: float | str | None = None, batch_size: int = 1, classes: Sequence[int] | None = None,
-                agnostic: bool = False, max_det: int = 300) -> list[Result]:
+    def predict(self, source: Any, **kwargs: Any) -> list[Result]:
         """Detect objects in ``source``: a path, folder, glob, ``.txt`` list, video, webcam index or
         stream URL; a list of paths; or numpy BGR arrays / PIL images (one or a list).
 
-        ``dy_thres`` (number or 'pK') overrides :attr:`threshold` for this call only.
+        Keywords as :meth:`stream`: ``img_size`` (default :attr:`img_size`), ``conf_thres``,
+        ``iou_thres``, ``dy_thres`` (a number or 'pK', overriding :attr:`threshold` for this call),
+        ``batch_size``, ``classes``, ``agnostic_nms``, ``max_det``.
         """
-        return list(self.stream(source, img_size, conf, iou, dy_thres, batch_size, classes, agnostic, max_det))
+        return list(self.stream(source, **kwargs))
 
     __call__ = predict
 
@@ -148,7 +158,7 @@ def batch_results(batch: Batch, pred: BatchPrediction, names: list[str]) -> list
     Each image is charged an equal share of the batch's times (exact at batch size 1).
     """
     hw = tuple(batch.imgs.shape[2:])
-    timing = {k: v / len(batch.frames) for k, v in pred.times.items()}
+    speed = {k: v / len(batch.frames) for k, v in pred.times.items()}
     results = []
     for i, (frame, ratio_pad) in enumerate(zip(batch.frames, batch.ratio_pads)):
         det = pred.dets[i].detach().float().cpu()
@@ -156,5 +166,5 @@ def batch_results(batch: Batch, pred: BatchPrediction, names: list[str]) -> list
         route = None if pred.hard is None else ("hard" if bool(pred.hard[i]) else "easy")
         phi = None if pred.phi is None else float(pred.phi[i])
         results.append(Result(frame.path, frame.img, boxes.numpy(), det[:, 4].numpy(), det[:, 5].numpy(),
-                              names, route, phi, dict(timing), frame.index, frame.fps))
+                              names, route, phi, dict(speed), frame.index, frame.fps))
     return results

@@ -7,75 +7,74 @@
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
 from models.yolo import build_model
-from utils.weights.checkpoints import CheckpointError, load_checkpoint
 from utils.cli import script_main
 from utils.data.config import hyp_for, load_data_config
 from utils.data.datasets import create_dataloader
-from utils.paths import latest_checkpoint
-from utils.torch_utils import (
-    DistInfo,
-    de_parallel,
-    distributed_run,
-    main_process_first,
-    merge_options,
-    shared_run_dir,
-)
-from utils.train.trainer import Trainer, yaml_safe
+from utils.defaults import BATCH, IMG_SIZE, PROJECT, RUN_NAME, VAL, WORKERS
+from utils.evaluation.evaluate import EvalResult, evaluate, gflops_or_empty
+from utils.io import atomic_write_text
+from utils.options import make_options, option, options_dict, parse_options, plain_dict
+from utils.torch_utils import DistInfo, de_parallel, distributed_run, main_process_first, shared_run_dir
+from utils.train.resume import resume_options
+from utils.train.trainer import Trainer, TrainLoop
+from utils.weights.checkpoints import load_checkpoint, transfer_weights
 
 LOGGER = logging.getLogger("dydet.train")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfg", default="", help="model config (cfg/*.yaml name or path)")
-    p.add_argument("--weights", default="", help="initial weights: ours, DynamicDet or YOLOv7 release")
-    p.add_argument("--data", default="", help="data YAML (YOLOv7 or Ultralytics form)")
-    p.add_argument("--hyp", default="", help="hyperparameter YAML (default: by model family)")
-    p.add_argument("--epochs", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=16, help="total batch size over all processes")
-    p.add_argument("--img-size", type=int, default=640, help="train and val image size")
-    p.add_argument("--device", default="", help="cpu, 0, 0,1 ... (default: CUDA 0 if available)")
-    p.add_argument("--workers", type=int, default=8, help="dataloader workers per process")
-    p.add_argument("--project", default="runs/train")
-    p.add_argument("--name", default="exp")
-    p.add_argument("--exist-ok", action="store_true", help="reuse an existing run directory")
-    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume last.pt (or the latest run)")
-    p.add_argument("--freeze", type=int, default=0, help="freeze the first N backbone layers")
-    p.add_argument("--freeze-detector1", action="store_true",
-                   help="dynamic models: keep detector 1 (backbone 1, neck, head 1, BN statistics) fixed and train "
-                        "the composite link, backbone 2 and head 2 only (adds a hard route to a trained detector)")
-    p.add_argument("--adam", action="store_true", help="AdamW instead of SGD")
-    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP (CUDA only)")
-    p.add_argument("--cache", nargs="?", const="ram", default=False, help="cache images in RAM")
-    p.add_argument("--single-cls", action="store_true", help="train all classes as one")
-    p.add_argument("--save-period", type=int, default=-1, help="also save every N epochs")
-    p.add_argument("--noval", action="store_true", help="validate only after the final epoch")
-    p.add_argument("--noautoanchor", action="store_true", help="keep the config's anchors")
-    p.add_argument("--no-plots", dest="plots", action="store_false")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    return p.parse_args(argv)
+@dataclass
+class Options:
+    """train.py's options (flags: ``--img-size`` for ``img_size`` ...)."""
+
+    cfg: str = option("", "model config (cfg/*.yaml name or path)")
+    weights: str = option("", "initial weights: ours, DynamicDet or YOLOv7 release")
+    data: str = option("", "data YAML (YOLOv7 or Ultralytics form)")
+    hyp: str = option("", "hyperparameter YAML (default: by model family)")
+    epochs: int = option(300)
+    batch_size: int = option(BATCH["train"], "total batch size over all processes")
+    img_size: int = option(IMG_SIZE, "train and val image size")
+    device: str = option("", "cpu, 0, 0,1 ... (default: CUDA 0 if available)")
+    workers: int = option(WORKERS, "dataloader workers per process")
+    project: str = option(PROJECT["train"])
+    name: str = option(RUN_NAME)
+    exist_ok: bool = option(False, "reuse an existing run directory")
+    resume: bool | str = option(False, "resume last.pt (or the latest run)", nargs="?", const=True, type=str)
+    freeze: int = option(0, "freeze the first N backbone layers")
+    freeze_detector1: bool = option(
+        False, "dynamic models: keep detector 1 (backbone 1, neck, head 1, BN statistics) fixed and train the "
+               "composite link, backbone 2 and head 2 only (adds a hard route to a trained detector)")
+    adam: bool = option(False, "AdamW instead of SGD")
+    sync_bn: bool = option(False, "SyncBatchNorm under DDP (CUDA only)")
+    cache: bool | str = option(False, "cache images in RAM", nargs="?", const="ram", type=str)
+    single_cls: bool = option(False, "train all classes as one")
+    save_period: int = option(-1, "also save every N epochs")
+    noval: bool = option(False, "validate only after the final epoch")
+    noautoanchor: bool = option(False, "keep the config's anchors")
+    plots: bool = option(True, "no plots", flag="--no-plots")
+    seed: int = option(0)
+    label_smoothing: float = option(0.0)
+    save_dir: str | None = option(None, hidden=True)  # set by --resume / shared by torchrun processes
 
 
-def run(**kwargs) -> dict:
-    """Train with train.py's options given as keyword arguments; returns paths and final metrics."""
-    opt = merge_options(parse_args, kwargs, "train")
+def run(options: Options | None = None, /, **kwargs) -> dict:
+    """Train with train.py's options (an :class:`Options` or keywords); returns paths and final metrics."""
+    opt = make_options(Options, options, **kwargs)
     resume_ckpt = None
     if opt.resume:
-        opt, resume_ckpt = _resume_options(opt)
+        opt, resume_ckpt, _ = resume_options(opt, script="train.py")
     return distributed_run(_train, opt, resume_ckpt)
 
 
-def _train(opt: argparse.Namespace, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:
+def _train(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:
     torch.manual_seed(opt.seed + max(dist_info.rank, 0))
     save_dir = shared_run_dir(opt, dist_info)
     data = load_data_config(opt.data)
@@ -90,37 +89,20 @@ def _train(opt: argparse.Namespace, device: torch.device, dist_info: DistInfo, r
     train_loader, train_set, val_loader = _loaders(opt, data, hyp, stride, dist_info, len(names))
     if dist_info.is_main and resume_ckpt is None:
         _prepare_run(opt, hyp, model, train_set, names, save_dir)
-    trainer = Trainer(model, hyp, opt, train_loader, _validator(val_loader, names, save_dir, opt),
-                      save_dir, device, dist_info, names)
+    loop = TrainLoop(opt.epochs, opt.batch_size, opt.img_size, adam=opt.adam, noval=opt.noval, plots=opt.plots,
+                     save_period=opt.save_period)
+    trainer = Trainer(model, hyp, loop, train_loader, _validator(val_loader, names, save_dir, opt), save_dir,
+                      device, dist_info, names, record=options_dict(opt))
     if resume_ckpt is not None:
         trainer.restore(extra)
     try:
-        metrics = trainer.fit()
+        result = trainer.fit()
     finally:
         trainer.close()
     if dist_info.is_main and opt.plots:
         _plot_results(save_dir)
     return {"save_dir": save_dir, "last": save_dir / "weights" / "last.pt",
-            "best": save_dir / "weights" / "best.pt", "metrics": metrics}
-
-
-def _resume_options(opt: argparse.Namespace) -> tuple[argparse.Namespace, Path]:
-    """Options of the interrupted run, and its last.pt."""
-    ckpt = Path(opt.resume) if isinstance(opt.resume, str) else latest_checkpoint(opt.project)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"--resume: checkpoint {ckpt} not found")
-    from utils.weights.checkpoints import read_checkpoint
-    extra = read_checkpoint(ckpt)
-    if "train_opt" not in extra or "optimizer" not in extra:
-        raise CheckpointError(f"--resume: {ckpt} has no training state (use a run's weights/last.pt)")
-    if int(extra["epoch"]) + 1 >= int(extra["train_opt"]["epochs"]):
-        raise ValueError(f"--resume: {ckpt} is from a run that already finished all its epochs")
-    resumed = argparse.Namespace(**{**vars(parse_args([])), **extra["train_opt"]})
-    resumed.resume, resumed.device = str(ckpt), opt.device or resumed.device
-    resumed.save_dir = str(ckpt.resolve().parents[1])
-    LOGGER.info("resuming %s from epoch %d", resumed.save_dir, int(extra["epoch"]) + 1)
-    return resumed, ckpt
-
+            "best": save_dir / "weights" / "best.pt", "metrics": result.to_dict() if result else {}}
 
 def _model(opt, names: list[str], device: torch.device, resume_ckpt: Path | None) -> tuple[torch.nn.Module, dict]:
     """A fresh model, one initialised from --weights, or the model of an interrupted run."""
@@ -133,7 +115,6 @@ def _model(opt, names: list[str], device: torch.device, resume_ckpt: Path | None
         return build_model(opt.cfg, names=names).to(device), {}
     model, info = load_checkpoint(opt.weights, cfg=opt.cfg or None)
     if model.nc != len(names) or list(model.names) != list(names):
-        from utils.weights.checkpoints import transfer_weights
         fresh = build_model(model.cfg, names=names)
         reinit = transfer_weights(model, fresh)
         LOGGER.info("transfer from %s: re-initialised %d class-dependent head tensors", opt.weights, len(reinit))
@@ -202,22 +183,22 @@ def _prepare_run(opt, hyp, model, train_set, names, save_dir: Path) -> None:
     if opt.plots and len(labels):
         from utils.evaluation.plots import plot_labels
         plot_labels(labels, names, save_dir / "labels.jpg")
-    (save_dir / "hyp.yaml").write_text(yaml.safe_dump(yaml_safe(hyp), sort_keys=False))
-    (save_dir / "opt.yaml").write_text(yaml.safe_dump(yaml_safe(vars(opt)), sort_keys=False))
+    atomic_write_text(save_dir / "hyp.yaml", yaml.safe_dump(plain_dict(hyp), sort_keys=False))
+    atomic_write_text(save_dir / "opt.yaml", yaml.safe_dump(options_dict(opt), sort_keys=False))
 
 
-def _validator(val_loader, names, save_dir: Path, opt):
+def _validator(val_loader, names: list[str], save_dir: Path, opt: Options):
+    """Scores the EMA model on the validation images after an epoch (plots after the last one)."""
     if val_loader is None:
         return None
-    import test as test_script
     gflops: dict = {}
 
-    def validate(model, epoch: int, final: bool) -> dict:
+    def validate(model: torch.nn.Module, epoch: int, final: bool) -> EvalResult:
         if not gflops:
-            gflops.update(test_script.route_gflops_or_empty(model, opt.img_size))
-        return test_script.run(data=None, model=model, dataloader=val_loader, names=names, save_dir=save_dir,
-                               plots=final and opt.plots, time_routed=False, img_size=opt.img_size,
-                               conf_thres=0.001, iou_thres=0.65, gflops=gflops)
+            gflops.update(gflops_or_empty(model, opt.img_size))
+        return evaluate(model, val_loader, names, conf_thres=VAL.conf_thres, iou_thres=VAL.iou_thres,
+                        img_size=opt.img_size, gflops=gflops, time_routed=False,
+                        plot_dir=save_dir if final and opt.plots else None)
     return validate
 
 
@@ -227,8 +208,12 @@ def _plot_results(save_dir: Path) -> None:
         plot_results(save_dir / "results.csv")
 
 
+def parse_args(argv: list[str] | None = None) -> Options:
+    return parse_options(Options, argv, __doc__)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return script_main(parse_args, run, argv,
+    return script_main(Options, run, argv, __doc__,
                        done=lambda out: f"Results saved to {out['save_dir']}" if out["save_dir"] else None)
 
 

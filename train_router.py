@@ -9,78 +9,69 @@
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from utils.routing.calibration import calibration_record
-from utils.weights.checkpoints import (
-    CheckpointError,
-    load_checkpoint,
-    read_checkpoint,
-    save_checkpoint,
-)
 from utils.cli import script_main
 from utils.data.config import hyp_for, load_data_config
 from utils.data.datasets import create_dataloader
+from utils.defaults import BATCH, IMG_SIZE, PROJECT, ROUTER, RUN_NAME, WORKERS
+from utils.options import make_options, option, options_dict, parse_options
+from utils.paths import increment_path
+from utils.routing.calibration import calibration_record
 from utils.routing.latency import route_costs
-from utils.train.loss import ComputeLoss, scale_loss_gains
-from utils.paths import increment_path, latest_checkpoint
 from utils.routing.loss import STRATEGIES, estimate_offset
-from utils.routing.trainer import RouterTrainer, difficulty_scores, samples_on
-from utils.torch_utils import (
-    DistInfo,
-    distributed_run,
-    main_process_first,
-    merge_options,
-    select_device,
-    shared_run_dir,
-)
+from utils.routing.trainer import RouterLoop, RouterTrainer, difficulty_scores, samples_on
+from utils.torch_utils import DistInfo, distributed_run, main_process_first, select_device, shared_run_dir
+from utils.train.loss import ComputeLoss, scale_loss_gains
+from utils.train.resume import STATE_KEYS, resume_options
+from utils.weights.checkpoints import load_checkpoint, save_checkpoint
 
 LOGGER = logging.getLogger("dydet.train_router")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="", help="stage-1 dynamic checkpoint (ours, or an official one with --cfg)")
-    p.add_argument("--cfg", default="", help="architecture of an official DynamicDet checkpoint")
-    p.add_argument("--data", default="", help="data YAML (YOLOv7 or Ultralytics form)")
-    p.add_argument("--hyp", default="", help="hyperparameter YAML for the loss gains (default: by model family)")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=8, help="total batch size over all processes")
-    p.add_argument("--img-size", type=int, default=640)
-    p.add_argument("--device", default="", help="cpu, 0, 0,1 ... (default: CUDA 0 if available)")
-    p.add_argument("--workers", type=int, default=8, help="dataloader workers per process")
-    p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (constant)")
-    p.add_argument("--weight-decay", type=float, default=5e-3, help="AdamW weight decay")
-    p.add_argument("--strategy", choices=STRATEGIES, default="adaptive",
-                   help="adaptive: Eq. 12 (paper); random, ap: baselines of paper Fig. 7")
-    p.add_argument("--project", default="runs/train_router")
-    p.add_argument("--name", default="exp")
-    p.add_argument("--exist-ok", action="store_true", help="reuse an existing run directory")
-    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume last.pt (or the latest run)")
-    p.add_argument("--seed", type=int, default=0, help="shuffling and the 'random' strategy's labels")
-    p.add_argument("--calibrate", action="store_true",
-                   help="no training: measure φ on the val images and the route costs on this machine, and "
-                        "write <run>/weights/calibrated.pt (the input file is never modified)")
-    return p.parse_args(argv)
+@dataclass
+class Options:
+    """train_router.py's options (flags: ``--img-size`` for ``img_size`` ...)."""
+
+    weights: str = option("", "stage-1 dynamic checkpoint (ours, or an official one with --cfg)")
+    cfg: str = option("", "architecture of an official DynamicDet checkpoint")
+    data: str = option("", "data YAML (YOLOv7 or Ultralytics form)")
+    hyp: str = option("", "hyperparameter YAML for the loss gains (default: by model family)")
+    epochs: int = option(ROUTER.epochs)
+    batch_size: int = option(BATCH["train_router"], "total batch size over all processes")
+    img_size: int = option(IMG_SIZE)
+    device: str = option("", "cpu, 0, 0,1 ... (default: CUDA 0 if available)")
+    workers: int = option(WORKERS, "dataloader workers per process")
+    lr: float = option(ROUTER.lr, "AdamW learning rate (constant)")
+    weight_decay: float = option(ROUTER.weight_decay, "AdamW weight decay")
+    strategy: str = option("adaptive", "adaptive: Eq. 12 (paper); random, ap: baselines of paper Fig. 7",
+                           choices=list(STRATEGIES))
+    project: str = option(PROJECT["train_router"])
+    name: str = option(RUN_NAME)
+    exist_ok: bool = option(False, "reuse an existing run directory")
+    resume: bool | str = option(False, "resume last.pt (or the latest run)", nargs="?", const=True, type=str)
+    seed: int = option(0, "shuffling and the 'random' strategy's labels")
+    calibrate: bool = option(False, "no training: measure φ on the val images and the route costs on this "
+                                    "machine, and write <run>/weights/calibrated.pt (the input is never modified)")
+    save_dir: str | None = option(None, hidden=True)  # set by --resume / shared by torchrun processes
 
 
-def run(**kwargs) -> dict:
-    """Train the router with train_router.py's options as keyword arguments; returns paths and metrics."""
-    opt = merge_options(parse_args, kwargs, "train_router")
-    resume_ckpt = None
+def run(options: Options | None = None, /, **kwargs) -> dict:
+    """Train the router with train_router.py's options (an :class:`Options` or keywords); returns paths and metrics."""
+    opt = make_options(Options, options, **kwargs)
     if opt.calibrate:
         return calibrate(opt)
+    resume_ckpt = None
     if opt.resume:
-        opt, resume_ckpt = _resume_options(opt)
+        opt, resume_ckpt, _ = resume_options(opt, STATE_KEYS | {"delta"}, script="train_router.py")
     return distributed_run(_train, opt, resume_ckpt)
 
-
-def _train(opt: argparse.Namespace, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:
+def _train(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:
     torch.manual_seed(opt.seed + max(dist_info.rank, 0))
     model, extra = _dynamic_model(opt, device, resume_ckpt)
     data = load_data_config(opt.data)
@@ -93,7 +84,8 @@ def _train(opt: argparse.Namespace, device: torch.device, dist_info: DistInfo, r
     val = samples_on(model, val_loader, compute_loss, device, DistInfo(), "val: detectors") if val_loader else None
     delta = float(extra["delta"]) if "delta" in extra else estimate_offset(train.l1, train.l2)
     LOGGER.info("adaptive offset Δ = median(L1 - L2) = %.5g over %d training images", delta, len(train))
-    trainer = RouterTrainer(model, opt, delta, train, val, save_dir, device, dist_info)
+    loop = RouterLoop(opt.epochs, opt.batch_size, opt.img_size, opt.lr, opt.weight_decay, opt.strategy, opt.seed)
+    trainer = RouterTrainer(model, loop, delta, train, val, save_dir, device, dist_info, record=options_dict(opt))
     if resume_ckpt is not None:
         trainer.restore(extra)
     metrics = trainer.fit()
@@ -101,7 +93,7 @@ def _train(opt: argparse.Namespace, device: torch.device, dist_info: DistInfo, r
             "delta": delta, "metrics": metrics}
 
 
-def calibrate(opt: argparse.Namespace) -> dict:
+def calibrate(opt: Options) -> dict:
     """Routing calibration of --weights on --data's val split, saved as a new checkpoint."""
     device = select_device(opt.device)
     model, _ = _dynamic_model(opt, device, None)
@@ -111,13 +103,13 @@ def calibrate(opt: argparse.Namespace) -> dict:
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     out = save_dir / "weights" / "calibrated.pt"
     meta = {"stage": "calibrated", "calibrated_from": str(opt.weights), "calibration_data": str(opt.data)}
-    save_checkpoint(out, model, names=model.names, thresholds=calib, meta=meta)
+    save_checkpoint(out, model, names=model.names, img_size=opt.img_size, thresholds=calib, meta=meta)
     LOGGER.info("calibration on %d images (route latencies easy %.1f ms, hard %.1f ms) saved to %s",
                 len(phi), calib["latency_ms"]["easy"], calib["latency_ms"]["hard"], out)
     return {"save_dir": save_dir, "calibrated": out, "thresholds": calib}
 
 
-def _dynamic_model(opt: argparse.Namespace, device: torch.device, resume_ckpt: Path | None) -> tuple[torch.nn.Module, dict]:
+def _dynamic_model(opt: Options, device: torch.device, resume_ckpt: Path | None) -> tuple[torch.nn.Module, dict]:
     """The stage-1 model from --weights (or the interrupted run's last.pt), checked to be dynamic."""
     path = resume_ckpt or opt.weights
     if not path:
@@ -152,25 +144,12 @@ def _val_loader(opt, data, stride: int, nc: int):
     return loader
 
 
-def _resume_options(opt: argparse.Namespace) -> tuple[argparse.Namespace, Path]:
-    """Options of the interrupted router run, and its last.pt."""
-    ckpt = Path(opt.resume) if isinstance(opt.resume, str) else latest_checkpoint(opt.project)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"--resume: checkpoint {ckpt} not found")
-    extra = read_checkpoint(ckpt)
-    if not isinstance(extra, dict) or not {"delta", "optimizer", "train_opt"} <= set(extra):
-        raise CheckpointError(f"--resume: {ckpt} is not a train_router.py last.pt")
-    if int(extra["epoch"]) + 1 >= int(extra["train_opt"]["epochs"]):
-        raise ValueError(f"--resume: {ckpt} is from a run that already finished all its epochs")
-    resumed = argparse.Namespace(**{**vars(parse_args([])), **extra["train_opt"]})
-    resumed.resume, resumed.device = str(ckpt), opt.device or resumed.device
-    resumed.save_dir = str(ckpt.resolve().parents[1])
-    LOGGER.info("resuming %s from epoch %d", resumed.save_dir, int(extra["epoch"]) + 1)
-    return resumed, ckpt
+def parse_args(argv: list[str] | None = None) -> Options:
+    return parse_options(Options, argv, __doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return script_main(parse_args, run, argv, done=lambda out: f"Results saved to {out['save_dir']}")
+    return script_main(Options, run, argv, __doc__, done=lambda out: f"Results saved to {out['save_dir']}")
 
 
 if __name__ == "__main__":

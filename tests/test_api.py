@@ -12,7 +12,7 @@ from dydet import DyDet
 from tests.conftest import tiny_checkpoint, write_video
 from utils.routing.calibration import calibration_record
 
-KW = {"img_size": 64, "conf": 0.0, "max_det": 5}  # a random model: keep every box, few of them
+KW = {"img_size": 64, "conf_thres": 0.0, "max_det": 5}  # a random model: keep every box, few of them
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_predict_arrays(dy: DyDet, images: list[np.ndarray]) -> None:
         assert r.orig_img.shape == img.shape and 0 < len(r) <= 5
         assert r.route in ("easy", "hard") and 0 <= r.phi <= 1
         assert (r.boxes[:, [0, 2]] <= 80).all() and (r.boxes[:, [1, 3]] <= 48).all() and (r.boxes >= 0).all()
-        assert set(r.timing) == {"pre", "infer", "nms"}
+        assert set(r.speed) == {"pre", "infer", "nms"}
     single = dy.predict(images[0], **KW)
     np.testing.assert_allclose(single[0].boxes, results[0].boxes, atol=1e-3)
 
@@ -125,7 +125,7 @@ def test_onnx_export_predicts_like_the_checkpoint(tmp_path: Path) -> None:
     images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
     calib = calibration_record(np.linspace(0.05, 0.95, 19))
     pt = tiny_checkpoint(tmp_path / "dy.pt", thresholds=calib)
-    onnx_path = export.run(pt, img_size=64, output=tmp_path / "dy.onnx")["onnx"]
+    onnx_path = export.run(weights=pt, img_size=64, output=tmp_path / "dy.onnx")["onnx"]
     torch_model, ort_model = DyDet(pt, device="cpu"), DyDet(onnx_path, device="cpu")
     assert ort_model.names == torch_model.names and ort_model.is_dynamic
     for thr, route in ((1.0, "easy"), (0.0, "hard")):

@@ -15,7 +15,6 @@ import detect
 from dydet import DyDet
 from tests.conftest import REPO, tiny_checkpoint, write_video
 from utils.routing.calibration import calibration_record
-from utils.inference.results import Result
 
 REAL_CAPTURE = cv2.VideoCapture
 FAST = ["--img-size", "64", "--conf-thres", "0", "--max-det", "3", "--device", "cpu"]
@@ -58,7 +57,7 @@ def _labels(folder: Path) -> dict[str, np.ndarray]:
 
 def _run(weights: Path, source: Path | str, tmp_path: Path, **kw) -> dict:
     kw = {"img_size": 64, "conf_thres": 0.0, "max_det": 3, "device": "cpu", "project": tmp_path / "runs", **kw}
-    return detect.run(weights, source, **kw)
+    return detect.run(weights=weights, source=source, **kw)
 
 
 def test_folder_outputs_labels_and_summary(weights: Path, folder: Path, tmp_path: Path,
@@ -148,25 +147,3 @@ def test_command_line_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         runpy.run_path(str(REPO / "detect.py"), run_name="__main__")
     assert e.value.code == 1
     assert capsys.readouterr().err.strip().splitlines() == [f"error: source not found: {tmp_path / 'nope.jpg'}"]
-
-
-def test_view_img_window_failures_and_quit_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setenv("DISPLAY", ":0")
-    result = Result("a.jpg", np.zeros((8, 8, 3), np.uint8), [], [], [], ["a"])
-
-    def no_window(*args) -> None:
-        raise cv2.error("The function is not implemented")
-    monkeypatch.setattr(cv2, "imshow", no_window)
-    sink = detect.Outputs(tmp_path, save_img=False, view_img=True)
-    with caplog.at_level(logging.WARNING):
-        sink.write(result)
-        sink.write(result)
-    assert not sink.view_img and caplog.text.count("cannot open a window") == 1
-    monkeypatch.setattr(cv2, "imshow", lambda *args: None)
-    monkeypatch.setattr(cv2, "waitKey", lambda delay: ord("q"))
-    monkeypatch.setattr(cv2, "destroyAllWindows", lambda: None)
-    sink = detect.Outputs(tmp_path, save_img=False, view_img=True)
-    sink.write(result)
-    assert sink.quit
-    sink.close()

@@ -91,7 +91,7 @@ def model(ckpt: Path) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def routed(ckpt: Path) -> dict:
     """The default export: batch 1, route in the graph, threshold as an input."""
-    return export.run(ckpt, img_size=SIZE)
+    return export.run(weights=ckpt, img_size=SIZE)
 
 
 def _ops(graph: onnx.GraphProto) -> list[str]:
@@ -134,7 +134,7 @@ def test_threshold_input_flips_the_route(routed: dict, model: torch.nn.Module) -
 
 def test_baked_threshold_with_dynamic_batch_routes_each_image(ckpt: Path, model: torch.nn.Module,
                                                               tmp_path: Path) -> None:
-    res = export.run(ckpt, img_size=SIZE, dynamic_batch=True, dy_thres="p50", output=tmp_path / "baked")
+    res = export.run(weights=ckpt, img_size=SIZE, dynamic_batch=True, dy_thres="p50", output=tmp_path / "baked")
     _assert_close(res["diff"]["onnx"], ("easy", "hard", "mixed"))  # found among the probe images
     thr = res["threshold"]
     assert thr == table_threshold(read_checkpoint(ckpt)["thresholds"]["table"], 50)
@@ -157,7 +157,7 @@ def test_baked_threshold_with_dynamic_batch_routes_each_image(ckpt: Path, model:
 # ---- other graphs ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("route", ["easy", "hard"])
 def test_static_single_route_graph(route: str, ckpt: Path, tmp_path: Path) -> None:
-    res = export.run(ckpt, img_size=SIZE, route=route, output=tmp_path / route)
+    res = export.run(weights=ckpt, img_size=SIZE, route=route, output=tmp_path / route)
     _assert_close(res["diff"]["onnx"], (route,))
     proto = onnx.load(res["onnx"])
     assert "If" not in _ops(proto.graph) and [o.name for o in proto.graph.output] == ["pred", "phi"]
@@ -167,14 +167,14 @@ def test_static_single_route_graph(route: str, ckpt: Path, tmp_path: Path) -> No
 
 def test_end2end_detections_equal_predictor_nms(ckpt: Path, model: torch.nn.Module, tmp_path: Path) -> None:
     nms = {"conf_thres": 0.1, "iou_thres": 0.45, "topk_all": 300}
-    res = export.run(ckpt, img_size=SIZE, batch_size=2, end2end=True, output=tmp_path / "e2e", **nms)
+    res = export.run(weights=ckpt, img_size=SIZE, batch_size=2, end2end=True, output=tmp_path / "e2e", **nms)
     _assert_close(res["diff"]["onnx"], ("easy", "hard", "mixed"))
     onnx_model = OnnxModel(res["onnx"])
     assert onnx_model.end2end and onnx_model.nms == nms and onnx_model.batch == 2
     assert "NonMaxSuppression" in _ops(onnx.load(res["onnx"]).graph)
     x = torch.cat([probe_images(ExportOptions(img_size=(SIZE, SIZE)))[:2], example_images(res["options"], 1)])
     got = Predictor(onnx_model)(x)  # 3 images: a full chunk of 2 and a padded one
-    ref = Predictor(model, nms["conf_thres"], nms["iou_thres"], max_det=300, multi_label=True)(x)
+    ref = Predictor(model, conf_thres=nms["conf_thres"], iou_thres=nms["iou_thres"], max_det=300, multi_label=True)(x)
     assert torch.equal(got.hard, ref.hard) and sum(len(d) for d in ref.dets) > 0
     assert difference(got.dets, ref.dets) <= ATOL  # the same boxes (in any order of equal scores)
 
@@ -198,7 +198,7 @@ def test_nms_graph_keeps_topk_per_image_like_torchvision() -> None:
 
 
 def test_plain_model_export(tmp_path: Path) -> None:
-    res = export.run(checkpoint(tmp_path / "plain.pt", "yolov7-tiny"), img_size=SIZE)
+    res = export.run(weights=checkpoint(tmp_path / "plain.pt", "yolov7-tiny"), img_size=SIZE)
     _assert_close(res["diff"]["onnx"], ("all",))
     onnx_model = OnnxModel(res["onnx"])
     x = example_images(res["options"])
@@ -208,7 +208,7 @@ def test_plain_model_export(tmp_path: Path) -> None:
 def test_exported_files_get_the_users_file_permissions(ckpt: Path, tmp_path: Path) -> None:
     old = os.umask(0o027)
     try:
-        res = export.run(ckpt, img_size=SIZE, include=["onnx", "torchscript"], output=tmp_path / "perm")
+        res = export.run(weights=ckpt, img_size=SIZE, include=["onnx", "torchscript"], output=tmp_path / "perm")
     finally:
         os.umask(old)
     for fmt in ("onnx", "torchscript"):
@@ -217,7 +217,7 @@ def test_exported_files_get_the_users_file_permissions(ckpt: Path, tmp_path: Pat
 
 
 def test_torchscript_routes_like_pytorch(ckpt: Path, model: torch.nn.Module, tmp_path: Path) -> None:
-    res = export.run(ckpt, img_size=SIZE, include=["torchscript"], dynamic_batch=True, output=tmp_path / "ts")
+    res = export.run(weights=ckpt, img_size=SIZE, include=["torchscript"], dynamic_batch=True, output=tmp_path / "ts")
     assert "onnx" not in res
     _assert_close(res["diff"]["torchscript"], ("easy", "hard", "mixed"))
     extra = {"dydet.json": ""}
@@ -248,7 +248,7 @@ def test_simplify_keeps_parity_and_metadata(ckpt: Path, tmp_path: Path) -> None:
     import warnings
     with warnings.catch_warnings():  # onnxslim may break the routed graph: then it is kept unsimplified
         warnings.simplefilter("ignore")
-        res = export.run(ckpt, img_size=SIZE, simplify=True, output=tmp_path / "slim")
+        res = export.run(weights=ckpt, img_size=SIZE, simplify=True, output=tmp_path / "slim")
     _assert_close(res["diff"]["onnx"], ("easy", "hard"))
     assert OnnxModel(res["onnx"]).names == ["a", "b", "c"]
     onnx.checker.check_model(onnx.load(str(res["onnx"])), full_check=True)
@@ -293,6 +293,6 @@ def test_cli_errors_are_one_line(args: list[str], message: str, ckpt: Path, tmp_
 def test_plain_model_rejects_routing_options(tmp_path: Path) -> None:
     weights = checkpoint(tmp_path / "plain.pt", "yolov7-tiny")
     with pytest.raises(ValueError, match="dynamic model"):
-        export.run(weights, img_size=SIZE, route="easy")
+        export.run(weights=weights, img_size=SIZE, route="easy")
     with pytest.raises(ValueError, match="dynamic model"):
-        export.run(weights, img_size=SIZE, thres_input=True)
+        export.run(weights=weights, img_size=SIZE, thres_input=True)

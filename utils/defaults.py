@@ -29,9 +29,10 @@ IMG_SIZE = 640
 # Box line width in annotated images; None: from the image size.
 LINE_THICKNESS: int | None = None
 
-# The shipped demo model and sample images: what detect.py uses when given nothing.
-DEMO_WEIGHTS = "weights/demo-dy-yolov7-tiny.pt"
-DEMO_SOURCE = "data/images"
+# The shipped demo model (a zoo name: found in the repository's weights/ from any working
+# directory) and its sample images: what detect.py and DyDet use when given nothing.
+DEMO_WEIGHTS = "demo-dy-yolov7-tiny.pt"
+DEMO_SOURCE = REPO / "data" / "images"
 
 # Where each script's runs go: <project>/<name>, with an incremented name unless --exist-ok.
 PROJECT = {
@@ -43,3 +44,15 @@ RUN_NAME = "exp"
 # Batch sizes and loader workers.
 BATCH = {"detect": 1, "test": 32, "train": 16, "train_router": 8}
 WORKERS = 8
+
+
+@dataclass(frozen=True)
+class RouterTraining:
+    """Stage 2 of DynamicDet (paper Sec. 3.3): AdamW at a constant learning rate."""
+
+    epochs: int = 2
+    lr: float = 1e-5
+    weight_decay: float = 5e-3
+
+
+ROUTER = RouterTraining()

@@ -13,11 +13,12 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["build_parser", "make_options", "option", "options_dict", "parse_options"]
+__all__ = ["build_parser", "make_options", "option", "options_dict", "parse_options", "plain_dict"]
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> Any:
@@ -76,10 +77,20 @@ def _argument(f: dataclasses.Field, tp: Any) -> tuple[str, dict[str, Any]] | Non
     return flag, kw
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The script's docstring as written, and each flag's default after its help (unless it says it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, "", False, argparse.SUPPRESS) or action.required:
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one flag per (non-hidden) field of the dataclass ``cls``."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         arg = _argument(f, hints[f.name])
@@ -95,6 +106,9 @@ def parse_options(cls: type[T], argv: list[str] | None = None, description: str 
 
 def make_options(cls: type[T], options: T | None = None, **kwargs: Any) -> T:
     """``options`` (or ``cls``'s defaults) updated by ``kwargs``; unknown names are a ValueError."""
+    if options is not None and not isinstance(options, cls):
+        raise TypeError(f"run() takes a {cls.__name__} or keyword arguments, not a positional "
+                        f"{type(options).__name__}: write e.g. run(weights=...)")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(kwargs) - names)
     if unknown:
@@ -107,12 +121,19 @@ def make_options(cls: type[T], options: T | None = None, **kwargs: Any) -> T:
     return cls(**kwargs)
 
 
-def options_dict(options: Any) -> dict[str, Any]:
-    """The options as YAML/JSON-safe plain values (paths become strings, tuples lists)."""
+def plain_dict(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` as YAML/JSON-safe plain Python (paths become strings, tuples lists)."""
     def plain(v: Any) -> Any:
         if isinstance(v, Path):
             return str(v)
+        if isinstance(v, Mapping):
+            return plain_dict(v)
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         return v
-    return {k: plain(v) for k, v in dataclasses.asdict(options).items()}
+    return {str(k): plain(v) for k, v in values.items()}
+
+
+def options_dict(options: Any) -> dict[str, Any]:
+    """A dataclass of options as YAML/JSON-safe plain values."""
+    return plain_dict(dataclasses.asdict(options))

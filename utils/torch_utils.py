@@ -1,7 +1,6 @@
 """Devices, distributed set-up, EMA and timing helpers shared by the scripts."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import math
@@ -148,18 +147,7 @@ def time_sync() -> float:
     return time.perf_counter()
 
 
-def merge_options(parse_args: Callable[[list[str]], argparse.Namespace], kwargs: dict, script: str
-                  ) -> argparse.Namespace:
-    """A script's option namespace: its command-line defaults updated by keyword arguments."""
-    opt = parse_args([])
-    unknown = set(kwargs) - set(vars(opt))
-    if unknown:
-        raise TypeError(f"unknown {script} options: {sorted(unknown)}")
-    vars(opt).update(kwargs)
-    return opt
-
-
-def distributed_run(fn: Callable[..., Any], opt: argparse.Namespace, *args: Any) -> Any:
+def distributed_run(fn: Callable[..., Any], opt: Any, *args: Any) -> Any:
     """``fn(opt, device, dist_info, *args)`` inside the torchrun process group (if any), torn down after."""
     device = select_device(opt.device)
     info = init_distributed(device)
@@ -170,7 +158,7 @@ def distributed_run(fn: Callable[..., Any], opt: argparse.Namespace, *args: Any)
             dist.destroy_process_group()
 
 
-def shared_run_dir(opt: argparse.Namespace, info: DistInfo) -> Path:
+def shared_run_dir(opt: Any, info: DistInfo) -> Path:
     """``opt.save_dir`` or the next free ``project/name``, decided on rank 0 and shared with all ranks."""
     from utils.paths import increment_path
     if getattr(opt, "save_dir", None):

@@ -27,7 +27,7 @@ def test_overlapping_same_class_boxes_are_suppressed() -> None:
 def test_class_aware_vs_agnostic_and_class_filter() -> None:
     pred = _pred([[50, 50, 20, 20, 0.9, 1.0, 0.0], [51, 50, 20, 20, 0.8, 0.0, 1.0]])
     assert non_max_suppression(pred, 0.25, 0.45)[0].shape[0] == 2
-    assert non_max_suppression(pred, 0.25, 0.45, agnostic=True)[0].shape[0] == 1
+    assert non_max_suppression(pred, 0.25, 0.45, agnostic_nms=True)[0].shape[0] == 1
     only1 = non_max_suppression(pred, 0.25, 0.45, classes=[1])[0]
     assert only1.shape[0] == 1 and only1[0, 5] == 1
 

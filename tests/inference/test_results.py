@@ -1,6 +1,8 @@
 """Result objects: YOLO labels, drawing, saving, repr."""
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +65,47 @@ def test_caption_and_repr() -> None:
     assert "11.5 ms" in text
     assert "no detections" in repr(_result(route=None, phi=None, n=0))
     assert "easy" in _result(route="easy", phi=None).caption
+
+
+def test_speed_holds_the_three_stages() -> None:
+    r = _result()
+    assert r.speed == {"pre": 1.0, "infer": 10.0, "nms": 0.5}
+
+
+def test_to_json_round_trips_detections_route_and_speed() -> None:
+    d = json.loads(_result().to_json())
+    assert d["path"] == "dir/pic.jpg" and d["shape"] == [100, 200] and d["frame"] is None
+    assert d["route"] == "hard" and d["phi"] == pytest.approx(0.734) and d["speed"]["infer"] == 10.0
+    assert [(x["class"], x["name"]) for x in d["detections"]] == [(2, "bird"), (0, "cat")]
+    assert d["detections"][0]["box"] == {"x1": 20.0, "y1": 10.0, "x2": 60.0, "y2": 50.0}
+    assert d["detections"][1]["score"] == pytest.approx(0.4)
+    assert json.loads(_result(n=0, route=None, phi=None).to_json())["detections"] == []
+
+
+def test_to_df_has_one_row_per_detection() -> None:
+    pytest.importorskip("pandas")
+    df = _result().to_df()
+    assert list(df.columns) == ["class", "name", "score", "x1", "y1", "x2", "y2", "route", "phi"]
+    assert df["name"].tolist() == ["bird", "cat"] and df["x2"].tolist() == [60.0, 200.0]
+    assert (df["route"] == "hard").all()
+    assert len(_result(n=0).to_df()) == 0
+
+
+def test_to_df_without_pandas_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas -> ImportError
+    with pytest.raises(ImportError, match="pip install pandas"):
+        _result().to_df()
+
+
+def test_save_crop_writes_each_box_by_class(tmp_path: Path) -> None:
+    r = _result()
+    r.orig_img[10:50, 20:60] = (0, 0, 255)  # the first box is red inside
+    paths = r.save_crop(tmp_path / "crops")
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == ["crops/bird/pic.jpg", "crops/cat/pic.jpg"]
+    first = read_image(paths[0])
+    assert first.shape == (40, 40, 3) and first[..., 2].mean() > 200 and first[..., 0].mean() < 50
+    assert read_image(paths[1]).shape == (100, 100, 3)
+    twice = Result("v.mp4", r.orig_img, np.array([[0, 0, 10, 10], [5, 5, 30, 30], [0, 0, 0, 5]], np.float32),
+                   np.ones(3), np.zeros(3), ["cat"], frame=7)
+    names = [p.name for p in twice.save_crop(tmp_path / "v")]
+    assert names == ["v_7.jpg", "v_7_1.jpg"]  # the zero-width box is skipped

@@ -14,7 +14,9 @@ import test as test_script
 from data.make_demo_data import make_demo_dataset
 from models.yolo import build_model
 from tests.conftest import randomize_bn
+from utils.options import options_dict
 from utils.routing.sweep import SweepData, distinct, policy_auc, random_points, router_points
+from utils.weights.checkpoints import load_checkpoint, save_checkpoint
 
 NAMES = ["circle", "square", "triangle", "cross"]
 
@@ -73,9 +75,10 @@ def self_labelled(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("sweep")
     data_yaml = make_demo_dataset(root / "demo", n_train=0, n_val=10, img_size=64, seed=3)
     model = randomize_bn(build_model("dy-yolov7-tiny", names=NAMES)).eval()
-    kw = dict(model=model, img_size=64, batch_size=5, workers=0, conf_thres=0.001)
+    weights = save_checkpoint(root / "dy.pt", model, names=NAMES)
+    kw = dict(weights=str(weights), img_size=64, batch_size=5, workers=0, conf_thres=0.001, device="cpu")
     first = root / "first"
-    test_script.run(data_yaml, dy_thres=0.0, save_json=True, plots=False, save_dir=first, **kw)
+    test_script.run(data=data_yaml, dy_thres=0.0, save_json=True, plots=False, save_dir=first, **kw)
     _relabel(json.loads((first / "predictions.json").read_text()), root / "demo")
     return {"data": data_yaml, "model": model, "kw": kw, "root": root}
 
@@ -96,12 +99,12 @@ def _relabel(preds: list[dict], root: Path) -> None:
 
 def test_sweep_equals_rerun_at_fixed_threshold(self_labelled: dict) -> None:
     s = self_labelled
-    out = test_script.run(s["data"], dy_sweep=True, plots=True, save_dir=s["root"] / "sweep", **s["kw"])
+    out = test_script.run(data=s["data"], dy_sweep=True, plots=True, save_dir=s["root"] / "sweep", **s["kw"])
     sweep = out["dynamic"]["sweep"]
     router = sweep["points"]["router"]
     assert router[-1]["map"] > router[0]["map"] + 0.05  # detector 2 is the labeller
     for point in (router[3], router[6]):
-        rerun = test_script.run(s["data"], dy_thres=point["threshold"], plots=False,
+        rerun = test_script.run(data=s["data"], dy_thres=point["threshold"], plots=False,
                                 save_dir=s["root"] / f"re{point['percent']:g}", **s["kw"])
         assert rerun["dynamic"]["hard"] / rerun["images"] == pytest.approx(point["hard_fraction"])
         assert rerun["map"] == pytest.approx(point["map"], abs=1e-9)
@@ -117,17 +120,19 @@ def test_sweep_equals_rerun_at_fixed_threshold(self_labelled: dict) -> None:
 
 
 def test_sweep_needs_dynamic_model(self_labelled: dict, tmp_path: Path) -> None:
-    plain = build_model("yolov7-tiny", names=NAMES)
+    plain = save_checkpoint(tmp_path / "plain.pt", build_model("yolov7-tiny", names=NAMES), names=NAMES)
     with pytest.raises(ValueError, match="dynamic"):
-        test_script.run(self_labelled["data"], model=plain, dy_sweep=True, save_dir=tmp_path, img_size=64,
-                        workers=0)
+        test_script.run(data=self_labelled["data"], weights=str(plain), dy_sweep=True, save_dir=tmp_path,
+                        img_size=64, workers=0, device="cpu")
 
 
 def test_stability_reported_with_a_calibration(self_labelled: dict, tmp_path: Path) -> None:
     from utils.routing.calibration import calibration_record
     s = self_labelled
     calib = calibration_record(np.linspace(0.05, 0.95, 19))
-    out = test_script.run(s["data"], calibration=calib, plots=False, save_dir=tmp_path, **s["kw"])
+    model, _ = load_checkpoint(s["kw"]["weights"])
+    weights = save_checkpoint(tmp_path / "calibrated.pt", model, names=NAMES, thresholds=calib)
+    out = test_script.run(data=s["data"], plots=False, save_dir=tmp_path, **{**s["kw"], "weights": str(weights)})
     stab = out["dynamic"]["stability"]
     assert sorted(stab) == [10.0, 30.0, 50.0, 70.0, 90.0]
     assert all(0 <= v <= 100 for v in stab.values())
@@ -137,7 +142,7 @@ def test_stability_reported_with_a_calibration(self_labelled: dict, tmp_path: Pa
 def test_cli_flag_parses() -> None:
     opt = test_script.parse_args(["--weights", "w.pt", "--data", "d.yaml", "--dy-sweep"])
     assert opt.dy_sweep is True
-    assert yaml.safe_dump(vars(opt))  # plain values only
+    assert yaml.safe_dump(options_dict(opt))  # plain values only
 
 
 def test_fast_scoring_equals_full_coco_evaluation() -> None:

@@ -21,22 +21,21 @@ from utils.benchmark.stats import router_metrics, summarize
 from utils.benchmark.timing import interleaved
 from utils.data.config import hyp_for, load_data_config
 from utils.data.datasets import create_dataloader
+from utils.defaults import BATCH, ROUTER
 from utils.train.loss import ComputeLoss, scale_loss_gains
 from utils.routing.cache import RouterSamples, collect_samples
-from utils.routing.trainer import RouterTrainer, frozen_mode
+from utils.routing.trainer import RouterLoop, RouterTrainer, frozen_mode
 
 MAX_COLLECT_REPS = 3  # a batch-16 pass at 640 px takes tens of seconds on a CPU
 
 
 def batch_sizes(router_batch: int) -> list[int]:
     """Batch 1, train_router.py's default batch and ``router_batch``, ascending."""
-    import train_router
-    return sorted({1, int(train_router.parse_args([]).batch_size), int(router_batch)})
+    return sorted({1, BATCH["train_router"], int(router_batch)})
 
 
 def router_section(bench) -> dict:
     """Median step time and images/s at each batch size, the speed-up over batch 1, and the pass."""
-    import train_router
     sizes = batch_sizes(bench.opt.router_batch)
     n = max(sizes)
     with tempfile.TemporaryDirectory(prefix="dydet-bench-router-") as tmp:
@@ -45,9 +44,9 @@ def router_section(bench) -> dict:
                    for b in sorted({1, n})}
         pass_times = interleaved(collect, min(bench.opt.reps, MAX_COLLECT_REPS), min(bench.opt.warmup, 1))
         samples = collect[n]()
-        opt = train_router.parse_args([])
-        opt.img_size = bench.img_size
-        trainer = RouterTrainer(model, opt, 0.0, samples, None, Path(tmp) / "run", bench.device,
+        loop = RouterLoop(epochs=1, batch_size=BATCH["train_router"], img_size=bench.img_size, lr=ROUTER.lr,
+                          weight_decay=ROUTER.weight_decay)
+        trainer = RouterTrainer(model, loop, 0.0, samples, None, Path(tmp) / "run", bench.device,
                                 costs={"unused": 0.0})  # non-empty: skips the route-latency calibration
         fns = {b: (lambda b=b: trainer.step(_rows(samples, b))) for b in sizes}
         times = interleaved(fns, max(bench.opt.reps, 5), max(bench.opt.warmup, 1))

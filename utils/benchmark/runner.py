@@ -13,7 +13,6 @@ All ``fused`` measurements run before anything switches the allocator (see
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -30,12 +29,13 @@ from models.yolo import build_model
 from utils.benchmark.runtimes import onnx_section
 from utils.benchmark.report import markdown
 from utils.benchmark.stats import check_goals, latency_metrics, mixed_metrics, summarize
+from utils.benchmark.options import SECTIONS, BenchmarkOptions
 from utils.benchmark.timing import interleaved, prepare
 from utils.weights.checkpoints import git_hash
 from models.flops import route_gflops
+from utils.options import options_dict
 from utils.torch_utils import select_device
 
-SECTIONS = ("fused", "fast", "mixed", "onnx", "router")
 
 
 def plain_counterpart(cfg: str) -> str | None:
@@ -48,7 +48,7 @@ def plain_counterpart(cfg: str) -> str | None:
 class ConfigBench:
     """The models and input of one (config, image size) pair, and the sections measured on them."""
 
-    def __init__(self, cfg: str, img_size: int, device: torch.device, opt: argparse.Namespace) -> None:
+    def __init__(self, cfg: str, img_size: int, device: torch.device, opt: BenchmarkOptions) -> None:
         self.cfg, self.img_size, self.device, self.opt = cfg, int(img_size), device, opt
         torch.manual_seed(0)
         self.model = build_model(cfg).to(device).eval()
@@ -159,7 +159,7 @@ def _load() -> list[float] | None:
         return None
 
 
-def run_benchmark(opt: argparse.Namespace) -> dict:
+def run_benchmark(opt: BenchmarkOptions) -> dict:
     """Measure every requested (config, image size), write JSON and markdown, return the result."""
     skip = parse_skip(opt.skip)
     device = select_device(opt.device)
@@ -183,7 +183,7 @@ def run_benchmark(opt: argparse.Namespace) -> dict:
     return result
 
 
-def _run_sections(benches: list[ConfigBench], opt: argparse.Namespace, skip: set[str], t0: float) -> None:
+def _run_sections(benches: list[ConfigBench], opt: BenchmarkOptions, skip: set[str], t0: float) -> None:
     """The plain-eager mode first (default allocator), then everything on the fast path."""
     if "fused" not in skip:
         for b in benches:
@@ -218,8 +218,8 @@ def parse_skip(skip: str | list | tuple | None) -> set[str]:
     return names
 
 
-def _options(opt: argparse.Namespace) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opt).items()}
+def _options(opt: BenchmarkOptions) -> dict:
+    return options_dict(opt)
 
 
 def _log(msg: str, t0: float) -> None:

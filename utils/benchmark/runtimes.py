@@ -1,12 +1,13 @@
 """Benchmark section: ONNX Runtime per route, one-file dynamic export vs static single-route exports.
 
-The exports come from export.py's ``run(...)`` on a checkpoint of the benchmark's own
-(random-weight) model. Each runner (three ONNX Runtime sessions, the eager model) is timed in
+The exports are written by :func:`utils.export.pipeline.export_model` (what export.py runs) from
+the benchmark's own (random-weight) model. Each runner (three ONNX Runtime sessions, the eager model) is timed in
 its own block of warm-up and repetitions: their thread pools keep spinning for a while after a
 call, so interleaving them would charge one runner for another's idle threads.
 """
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 
@@ -14,23 +15,23 @@ import torch
 
 from utils.benchmark.stats import onnx_metrics, summarize
 from utils.benchmark.timing import interleaved, prepare
-from utils.weights.checkpoints import save_checkpoint
+from utils.export.exporters import ExportOptions
+from utils.export.pipeline import export_model
 
 EXPORTS = {"dynamic": "both", "static_easy": "easy", "static_hard": "hard"}
 
 
-def export_onnx(weights: Path, img_size: int, route: str, out: Path) -> Path:
-    """One ONNX file of ``weights`` for ``route`` ('both' keeps the routing in the graph)."""
-    import export  # export.py at the repository root
-    res = export.run(weights=str(weights), img_size=img_size, route=route, output=str(out), device="cpu",
-                     include=["onnx"])
-    return Path(res["onnx"])
+def export_onnx(model: torch.nn.Module, img_size: int, route: str, out: Path) -> Path:
+    """One ONNX file of ``model`` for ``route`` ('both' keeps the routing in the graph, threshold an input)."""
+    fused = copy.deepcopy(model).cpu().float().fuse().eval()
+    spec = ExportOptions(img_size=(img_size, img_size), route=route, threshold=float(getattr(model, "threshold", 0.5)))
+    spec.check(fused)
+    return Path(export_model(fused, {"names": list(model.names)}, spec, out.with_suffix(""), include=("onnx",))["onnx"])
 
 
 def onnx_section(bench, mode: str) -> dict:
     """Latency of ONNX Runtime per route for each export, with the eager model in the same rounds."""
     try:
-        import export  # noqa: F401
         from utils.export.onnx_model import OnnxModel
     except ImportError as e:
         return {"status": f"skipped: ONNX export not available ({e})"}
@@ -49,11 +50,9 @@ def onnx_section(bench, mode: str) -> dict:
 
 
 def _sessions(bench, tmp: Path, onnx_model_cls) -> dict:
-    ckpt = save_checkpoint(tmp / "model.pt", bench.model.cpu(), names=bench.model.names)
-    bench.model.to(bench.device)
     sessions = {}
     for name, route in EXPORTS.items():
-        path = export_onnx(ckpt, bench.img_size, route, tmp / f"{name}.onnx")
+        path = export_onnx(bench.model, bench.img_size, route, tmp / f"{name}.onnx")
         sessions[name] = onnx_model_cls(path, device=bench.device, threads=bench.opt.threads or None)
     return sessions
 

@@ -7,12 +7,13 @@ import torch
 from torchvision.ops import batched_nms
 
 from utils.boxes import xywh2xyxy
+from utils.defaults import PREDICT
 
 
-def non_max_suppression(pred: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
-                        classes: Sequence[int] | None = None, agnostic: bool = False,
-                        multi_label: bool = False, max_det: int = 300, max_nms: int = 30000
-                        ) -> list[torch.Tensor]:
+def non_max_suppression(pred: torch.Tensor, conf_thres: float = PREDICT.conf_thres,
+                        iou_thres: float = PREDICT.iou_thres, classes: Sequence[int] | None = None,
+                        agnostic_nms: bool = False, multi_label: bool = False, max_det: int = PREDICT.max_det,
+                        max_nms: int = 30000) -> list[torch.Tensor]:
     """Per image, detections (k, 6) = [x1, y1, x2, y2, score, cls] sorted by score.
 
     ``pred`` is (bs, N, 5 + nc): pixel (cx, cy, w, h), objectness, class probabilities. The score
@@ -22,7 +23,7 @@ def non_max_suppression(pred: torch.Tensor, conf_thres: float = 0.25, iou_thres:
         raise ValueError(f"conf_thres and iou_thres must be in [0, 1], got {conf_thres}, {iou_thres}")
     out = []
     for x in pred:
-        out.append(_nms_one(x, conf_thres, iou_thres, classes, agnostic, multi_label, max_det, max_nms))
+        out.append(_nms_one(x, conf_thres, iou_thres, classes, agnostic_nms, multi_label, max_det, max_nms))
     return out
 
 

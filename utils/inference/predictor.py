@@ -10,6 +10,7 @@ from typing import Sequence
 
 import torch
 
+from utils.defaults import PREDICT
 from utils.inference.nms import non_max_suppression
 from utils.torch_utils import time_sync
 
@@ -27,9 +28,10 @@ class BatchPrediction:
 class Predictor:
     """Wraps a detector (plain or dynamic) with its pre- and post-processing."""
 
-    def __init__(self, model: torch.nn.Module, conf_thres: float = 0.25, iou_thres: float = 0.45,
-                 classes: Sequence[int] | None = None, agnostic: bool = False, max_det: int = 300,
-                 multi_label: bool = False, half: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, *, conf_thres: float = PREDICT.conf_thres,
+                 iou_thres: float = PREDICT.iou_thres, classes: Sequence[int] | None = None,
+                 agnostic_nms: bool = False, max_det: int = PREDICT.max_det, multi_label: bool = False,
+                 half: bool = False) -> None:
         self.model = model.eval()
         p = next(model.parameters(), None) if hasattr(model, "parameters") else None
         device = p.device if p is not None else torch.device(getattr(model, "device", "cpu"))  # e.g. ONNX Runtime
@@ -37,7 +39,7 @@ class Predictor:
         if self.half:
             self.model.half()
         self.nms_kwargs = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes,
-                               agnostic=agnostic, max_det=max_det, multi_label=multi_label)
+                               agnostic_nms=agnostic_nms, max_det=max_det, multi_label=multi_label)
 
     @property
     def is_dynamic(self) -> bool:

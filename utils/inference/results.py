@@ -1,9 +1,12 @@
 """Detections of one image or video frame, with its route, and how to draw and save them."""
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -12,7 +15,16 @@ from utils.data.config import names_list
 from utils.data.images import write_image
 from utils.evaluation.plots import draw_detections
 
-__all__ = ["Result"]
+__all__ = ["Result", "safe_stem"]
+
+
+def safe_stem(path: str) -> str:
+    """A file-name stem for a result path (URLs and webcam labels included)."""
+    p = Path(path)
+    stem = p.stem if p.suffix else p.name
+    if "://" in path or not stem:
+        stem = re.sub(r"[^\w.-]+", "_", path.split("://", 1)[-1]).strip("_")
+    return stem or "stream"
 
 
 @dataclass(repr=False)
@@ -21,8 +33,8 @@ class Result:
 
     ``boxes`` (n, 4) xyxy float32, ``scores`` (n,), ``classes`` (n,) int; ``route`` is 'easy' or
     'hard' for dynamic models (None for plain ones) and ``phi`` the router's difficulty score;
-    ``timing`` holds this image's share of its batch's 'pre', 'infer' and 'nms' milliseconds.
-    ``frame`` and ``fps`` are set for video and stream frames.
+    ``speed`` holds this image's share of its batch's 'pre' (pre-process), 'infer' (inference)
+    and 'nms' milliseconds. ``frame`` and ``fps`` are set for video and stream frames.
     """
 
     path: str
@@ -33,7 +45,7 @@ class Result:
     names: list[str]
     route: str | None = None
     phi: float | None = None
-    timing: dict[str, float] = field(default_factory=dict)
+    speed: dict[str, float] = field(default_factory=dict)
     frame: int | None = None
     fps: float | None = None
 
@@ -45,6 +57,11 @@ class Result:
 
     def __len__(self) -> int:
         return len(self.boxes)
+
+    @property
+    def stem(self) -> str:
+        """File-name stem for this result's outputs: the source's stem, plus ``_<frame>`` for frames."""
+        return safe_stem(self.path) + ("" if self.frame is None else f"_{self.frame}")
 
     @property
     def caption(self) -> str | None:
@@ -69,6 +86,50 @@ class Result:
         """Write :meth:`plot` to ``path`` (format from the suffix)."""
         return write_image(path, self.plot(line_width))
 
+    def save_crop(self, save_dir: str | Path, file_name: str | None = None) -> list[Path]:
+        """Write each detection's box cut from the original image to ``save_dir/<class>/<name>.jpg``.
+
+        ``file_name`` defaults to :attr:`stem`; the k-th box of a class gets ``_<k>`` from the
+        second one on. Returns the written paths.
+        """
+        stem = file_name or self.stem
+        h, w = self.orig_img.shape[:2]
+        seen: Counter = Counter()
+        paths = []
+        for box, c in zip(self.boxes, self.classes):
+            x1, y1, x2, y2 = np.clip(np.round(box), 0, [w, h, w, h]).astype(int)
+            if x2 <= x1 or y2 <= y1:
+                continue
+            name = self._name(int(c))
+            k = seen[name]
+            seen[name] += 1
+            out = Path(save_dir) / name / f"{stem}{'' if k == 0 else f'_{k}'}.jpg"
+            paths.append(write_image(out, self.orig_img[y1:y2, x1:x2]))
+        return paths
+
+    def records(self) -> list[dict[str, Any]]:
+        """One plain dict per detection: class id and name, score, box (x1, y1, x2, y2 pixels)."""
+        return [{"class": int(c), "name": self._name(int(c)), "score": float(s),
+                 "box": {k: float(v) for k, v in zip(("x1", "y1", "x2", "y2"), b)}}
+                for b, s, c in zip(self.boxes, self.scores, self.classes)]
+
+    def to_json(self, indent: int | None = None) -> str:
+        """The result as JSON: the image, its route and φ, speed (ms) and every detection."""
+        h, w = self.orig_img.shape[:2]
+        return json.dumps({"path": self.path, "frame": self.frame, "shape": [h, w], "route": self.route,
+                           "phi": self.phi, "speed": self.speed, "detections": self.records()}, indent=indent)
+
+    def to_df(self):
+        """The detections as a pandas DataFrame (columns class, name, score, x1, y1, x2, y2,
+        route, phi); needs pandas, which is optional."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Result.to_df needs pandas: pip install pandas") from None
+        rows = [{"class": d["class"], "name": d["name"], "score": d["score"], **d["box"]} for d in self.records()]
+        columns = ["class", "name", "score", "x1", "y1", "x2", "y2"]
+        return pd.DataFrame(rows, columns=columns).assign(route=self.route, phi=self.phi)
+
     def to_txt(self, path: str | Path, save_conf: bool = False) -> Path:
         """Write YOLO labels ``cls cx cy w h [conf]`` normalised to [0, 1] (an empty file if none)."""
         h, w = self.orig_img.shape[:2]
@@ -88,6 +149,6 @@ class Result:
         parts = [f"{where!r}", f"{len(self)} boxes ({found})" if len(self) else found]
         if self.caption:
             parts.append(self.caption)
-        if self.timing:
-            parts.append(f"{sum(self.timing.values()):.1f} ms")
+        if self.speed:
+            parts.append(f"{sum(self.speed.values()):.1f} ms")
         return f"Result({'; '.join(parts)})"

@@ -28,7 +28,7 @@ from utils.train.loss import ComputeLoss
 from utils.routing.cache import RouterSamples, batch_samples, collect_samples, epoch_batches, gather_samples
 from utils.routing.loss import router_objective
 from utils.torch_utils import DistInfo
-from utils.train.trainer import _append_csv, _truncate_csv, yaml_safe
+from utils.train.loop import EpochLoop, Progress, RunLog
 
 LOGGER = logging.getLogger("dydet.train_router")
 HARD_PERCENTS = range(10, 100, 10)  # hard fractions averaged by the routed-loss metric
@@ -108,40 +108,49 @@ def difficulty_scores(model: nn.Module, loader, device: torch.device, desc: str 
 
 
 @dataclass
-class RouterState:
-    """Counters a resumed run needs besides weights and optimizer."""
+class RouterLoop:
+    """What the stage-2 loop needs to know of a run's options."""
 
-    epoch: int = 0  # next epoch to run
-    best_fitness: float = float("-inf")
+    epochs: int
+    batch_size: int  # total over all processes
+    img_size: int
+    lr: float
+    weight_decay: float
+    strategy: str = "adaptive"
+    seed: int = 0
 
 
 @dataclass
-class RouterTrainer:
-    """Trains ``model.router`` by ``opt.strategy`` for ``opt.epochs`` epochs; ``fit()`` runs the rest.
+class RouterTrainer(EpochLoop):
+    """Trains ``model.router`` by ``loop.strategy`` for ``loop.epochs`` epochs; ``fit()`` runs the rest.
 
     ``train`` holds every training image's samples (gathered over processes), ``val`` the
-    validation images' (main process only; None elsewhere).
+    validation images' (main process only; None elsewhere). ``record`` is the run's full
+    options as plain values, stored in last.pt for ``--resume``.
     """
 
     model: nn.Module
-    opt: Any  # train_router.py options
+    loop: RouterLoop
     delta: float
     train: RouterSamples
     val: RouterSamples | None
     save_dir: Path
     device: torch.device
     dist: DistInfo = field(default_factory=DistInfo)
-    state: RouterState = field(default_factory=RouterState)
+    progress: Progress = field(default_factory=Progress)
     costs: dict = field(default_factory=dict)  # route latencies and GFLOPs stored with the calibration
+    record: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.wdir = self.save_dir / "weights"
         self.wdir.mkdir(parents=True, exist_ok=True)
+        self.epochs, self.is_main = self.loop.epochs, self.dist.is_main
         params = freeze_detectors(self.model)
-        self.optimizer = torch.optim.AdamW(params, lr=self.opt.lr, weight_decay=self.opt.weight_decay)
+        self.optimizer = torch.optim.AdamW(params, lr=self.loop.lr, weight_decay=self.loop.weight_decay)
+        self.log = RunLog(self.save_dir, tensorboard=False, title="router epoch") if self.dist.is_main else None
         if self.dist.is_main and not self.costs:
-            self.costs = route_costs(self.model, self.opt.img_size)
-            LOGGER.info("route costs at %d px: %s", self.opt.img_size,
+            self.costs = route_costs(self.model, self.loop.img_size)
+            LOGGER.info("route costs at %d px: %s", self.loop.img_size,
                         ", ".join(f"{k} {v:.4g}" for k, v in self.costs.items()))
         head = PooledRouter(self.model.router)
         self.router = DDP(head, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
@@ -150,24 +159,15 @@ class RouterTrainer:
     def restore(self, extra: dict) -> None:
         """Optimizer and counters from a last.pt (the router weights came with the model)."""
         self.optimizer.load_state_dict(extra["optimizer"])
-        self.state = RouterState(int(extra["epoch"]) + 1, float(extra["best_fitness"]))
+        self.progress = Progress(int(extra["epoch"]) + 1, float(extra["best_fitness"]))
         if self.dist.is_main:
-            _truncate_csv(self.save_dir / "results.csv", self.state.epoch)
+            self.log.resume_at(self.progress.epoch)
 
-    def fit(self) -> dict:
-        metrics: dict = {}
-        for epoch in range(self.state.epoch, self.opt.epochs):
-            t0 = time.time()
-            loss = self._train_epoch(epoch)
-            if self.dist.is_main:
-                metrics = self._end_epoch(epoch, loss, time.time() - t0)
-        return metrics
-
-    def _train_epoch(self, epoch: int) -> float:
-        per_rank = max(self.opt.batch_size // max(self.dist.world_size, 1), 1)
-        batches = epoch_batches(len(self.train), per_rank, epoch, self.opt.seed, self.dist)
+    def train_epoch(self, epoch: int) -> float:
+        per_rank = max(self.loop.batch_size // max(self.dist.world_size, 1), 1)
+        batches = epoch_batches(len(self.train), per_rank, epoch, self.loop.seed, self.dist)
         total = 0.0
-        bar = tqdm(batches, desc=f"router epoch {epoch + 1}/{self.opt.epochs}", disable=not self.dist.is_main,
+        bar = tqdm(batches, desc=f"router epoch {epoch + 1}/{self.loop.epochs}", disable=not self.dist.is_main,
                    leave=False)
         for n, idx in enumerate(bar, 1):
             total += self.step(self.train.subset(idx))
@@ -177,8 +177,8 @@ class RouterTrainer:
     def step(self, batch: RouterSamples) -> float:
         """One AdamW step of the router on a batch of samples; returns the batch loss."""
         phi = self.router(batch.pooled.to(self.device))
-        loss = router_objective(self.opt.strategy, phi, batch.l1.to(self.device), batch.l2.to(self.device),
-                                self.delta, keys=batch.names, seed=self.opt.seed)
+        loss = router_objective(self.loop.strategy, phi, batch.l1.to(self.device), batch.l2.to(self.device),
+                                self.delta, keys=batch.names, seed=self.loop.seed)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"router loss became {loss.item()}; check the stage-1 weights")
         self.optimizer.zero_grad(set_to_none=True)
@@ -193,29 +193,24 @@ class RouterTrainer:
         return RouteBatch(phi, self.val.l1, self.val.l2)
 
     # ---- end of epoch ------------------------------------------------------------------
-    def _end_epoch(self, epoch: int, train_loss: float, seconds: float) -> dict:
+    def end_epoch(self, epoch: int, train_loss: float, seconds: float) -> dict:
         res = self.val_routes()
         metrics = {"router_loss": float(router_objective("adaptive", res.phi, res.l1, res.l2, self.delta)),
                    "routed_loss": float(np.mean([routed_loss(res, k) for k in HARD_PERCENTS]))}
-        fit = -metrics["routed_loss"]
-        improved = fit > self.state.best_fitness
-        self.state.best_fitness = max(fit, self.state.best_fitness)
-        row = {"epoch": epoch, "train/loss": train_loss, "val/router_loss": metrics["router_loss"],
-               "val/routed_loss": metrics["routed_loss"], "delta": self.delta,
-               "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": seconds}
-        _append_csv(self.save_dir / "results.csv", row)
-        calib = calibration_record(res.phi, img_size=self.opt.img_size, **self.costs)
+        improved = self.progress.improved(-metrics["routed_loss"])
+        self.log.write({"epoch": epoch, "train/loss": train_loss, "val/router_loss": metrics["router_loss"],
+                        "val/routed_loss": metrics["routed_loss"], "delta": self.delta,
+                        "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": seconds}, self.loop.epochs)
+        calib = calibration_record(res.phi, img_size=self.loop.img_size, **self.costs)
         self._save(epoch, improved, calib)
-        LOGGER.info("router epoch %d/%d: %s", epoch + 1, self.opt.epochs,
-                    ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
         return {**metrics, "thresholds": calib, "phi": res.phi}
 
     def _save(self, epoch: int, improved: bool, calib: dict) -> None:
-        meta = {"epoch": epoch, "stage": "router", "strategy": self.opt.strategy, "delta": self.delta,
+        meta = {"epoch": epoch, "stage": "router", "strategy": self.loop.strategy, "delta": self.delta,
                 "run": str(self.save_dir)}
-        extra = {"epoch": epoch, "best_fitness": self.state.best_fitness, "delta": self.delta,
-                 "optimizer": self.optimizer.state_dict(), "train_opt": yaml_safe(vars(self.opt))}
-        names = self.model.names
-        save_checkpoint(self.wdir / "last.pt", self.model, names=names, thresholds=calib, meta=meta, extra=extra)
+        extra = {"epoch": epoch, "best_fitness": self.progress.best_fitness, "delta": self.delta,
+                 "optimizer": self.optimizer.state_dict(), "train_opt": self.record}
+        kw = {"names": self.model.names, "img_size": self.loop.img_size, "thresholds": calib, "meta": meta}
+        save_checkpoint(self.wdir / "last.pt", self.model, extra=extra, **kw)
         if improved:
-            save_checkpoint(self.wdir / "best.pt", self.model, names=names, thresholds=calib, meta=meta)
+            save_checkpoint(self.wdir / "best.pt", self.model, **kw)

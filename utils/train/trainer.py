@@ -1,10 +1,8 @@
 """Stage-1 training loop (plain models, or both detectors of a dynamic model: paper Eq. 9)."""
 from __future__ import annotations
 
-import csv
 import logging
-import math
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,65 +10,77 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from utils.weights.checkpoints import save_checkpoint
-from utils.train.loss import ComputeLoss, scale_loss_gains
-from utils.evaluation.metrics import fitness
-from utils.train.optim import build_optimizer, one_cycle, warmup
+from utils.evaluation.evaluate import EvalResult
 from utils.torch_utils import DistInfo, ModelEMA, de_parallel, train_keep_frozen_bn
+from utils.train.loop import EpochLoop, Progress, RunLog
+from utils.train.loss import ComputeLoss, scale_loss_gains
+from utils.train.optim import build_optimizer, one_cycle, warmup
+from utils.weights.checkpoints import save_checkpoint
 
 LOGGER = logging.getLogger("dydet.train")
 NOMINAL_BATCH = 64
 
 
 @dataclass
-class TrainState:
-    """Everything a resumed run needs besides the model weights."""
+class TrainLoop:
+    """What the stage-1 loop needs to know of a run's options."""
 
-    epoch: int = 0  # next epoch to run
-    best_fitness: float = -1.0
-    ema_updates: int = 0
+    epochs: int
+    batch_size: int  # total over all processes
+    img_size: int
+    adam: bool = False
+    noval: bool = False  # validate after the final epoch only
+    plots: bool = True
+    save_period: int = -1  # also keep epoch<N>.pt every N epochs
+
+
+Validator = Callable[[nn.Module, int, bool], "EvalResult | None"]  # (model, epoch, final) -> scores
 
 
 @dataclass
-class Trainer:
-    """Owns model, optimizer, EMA and loaders for one run; ``fit()`` runs the remaining epochs."""
+class Trainer(EpochLoop):
+    """Owns model, optimizer, EMA and loaders for one run; ``fit()`` runs the remaining epochs.
+
+    ``record`` is the run's full options as plain values, stored in last.pt for ``--resume``.
+    """
 
     model: nn.Module
     hyp: dict
-    opt: Any  # argparse-like namespace of train.py options
+    loop: TrainLoop
     train_loader: Any
-    val_fn: Any  # callable(model, epoch, final) -> metrics dict, or None
+    val_fn: Validator | None
     save_dir: Path
     device: torch.device
     dist: DistInfo = field(default_factory=DistInfo)
     names: list[str] = field(default_factory=list)
-    state: TrainState = field(default_factory=TrainState)
+    record: dict = field(default_factory=dict)
+    progress: Progress = field(default_factory=lambda: Progress(0, -1.0))
 
     def __post_init__(self) -> None:
         self.wdir = self.save_dir / "weights"
         self.wdir.mkdir(parents=True, exist_ok=True)
+        self.epochs, self.is_main = self.loop.epochs, self.dist.is_main
         nb = len(self.train_loader)
-        total_batch = self.opt.batch_size
+        total_batch = self.loop.batch_size
         nbs = int(self.hyp.get("nbs", NOMINAL_BATCH))  # nominal batch: gradients accumulate up to it
         self.accumulate = max(round(nbs / total_batch), 1)
         decay = self.hyp["weight_decay"] * total_batch * self.accumulate / nbs
-        self.optimizer = build_optimizer(self.model, {**self.hyp, "weight_decay": decay}, self.opt.adam)
-        self.lf = one_cycle(self.hyp["lrf"], self.opt.epochs)
+        self.optimizer = build_optimizer(self.model, {**self.hyp, "weight_decay": decay}, self.loop.adam)
+        self.lf = one_cycle(self.hyp["lrf"], self.loop.epochs)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lf)
         self.ema = ModelEMA(self.model) if self.dist.is_main else None
         self.n_warmup = round(self.hyp.get("warmup_epochs", 0) * nb)
         self.cuda = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
         base = de_parallel(self.model)
-        gains = scale_loss_gains(self.hyp, base.heads[0].nl, base.nc, self.opt.img_size)
+        gains = scale_loss_gains(self.hyp, base.heads[0].nl, base.nc, self.loop.img_size)
         self.compute_loss = ComputeLoss(base, gains)
         self.train_model = DDP(self.model, device_ids=[self.device.index] if self.cuda else None) \
             if self.dist.rank >= 0 else self.model
-        self.writer = _tensorboard(self.save_dir) if self.dist.is_main else None
+        self.log = RunLog(self.save_dir) if self.dist.is_main else None
 
     # ---- resume ------------------------------------------------------------------------
     def restore(self, extra: dict) -> None:
@@ -81,31 +91,21 @@ class Trainer:
         """
         de_parallel(self.model).load_state_dict(extra["train_model"])
         self.optimizer.load_state_dict(extra["optimizer"])
-        self.state = TrainState(int(extra["epoch"]) + 1, float(extra["best_fitness"]), int(extra["ema_updates"]))
+        self.progress = Progress(int(extra["epoch"]) + 1, float(extra["best_fitness"]))
         if self.ema is not None:
-            self.ema.updates = self.state.ema_updates
-            _truncate_csv(self.save_dir / "results.csv", self.state.epoch)
-        self.scheduler.last_epoch = self.state.epoch - 1
+            self.ema.updates = int(extra["ema_updates"])
+            self.log.resume_at(self.progress.epoch)
+        self.scheduler.last_epoch = self.progress.epoch - 1
         for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * self.lf(self.state.epoch)
+            group["lr"] = group["initial_lr"] * self.lf(self.progress.epoch)
 
     # ---- loop --------------------------------------------------------------------------
-    def fit(self) -> dict:
-        metrics: dict = {}
-        for epoch in range(self.state.epoch, self.opt.epochs):
-            t0 = time.time()
-            losses = self._train_epoch(epoch)
-            self.scheduler.step()
-            if self.dist.is_main:
-                metrics = self._end_epoch(epoch, losses, time.time() - t0)
-        return metrics
-
-    def _train_epoch(self, epoch: int) -> np.ndarray:
+    def train_epoch(self, epoch: int) -> np.ndarray:
         train_keep_frozen_bn(self.model)  # frozen layers (--freeze, --freeze-detector1) keep their BN
         if hasattr(self.train_loader.sampler, "set_epoch"):
             self.train_loader.sampler.set_epoch(epoch)
         nb, mloss = len(self.train_loader), None
-        bar = tqdm(self.train_loader, total=nb, desc=f"epoch {epoch + 1}/{self.opt.epochs}",
+        bar = tqdm(self.train_loader, total=nb, desc=f"epoch {epoch + 1}/{self.loop.epochs}",
                    disable=not self.dist.is_main, leave=False)
         self.optimizer.zero_grad(set_to_none=True)
         for i, (imgs, targets, paths, _) in enumerate(bar):
@@ -115,8 +115,9 @@ class Trainer:
             items = self._train_step(imgs, targets, step)
             mloss = items if mloss is None else (mloss * i + items) / (i + 1)
             bar.set_postfix(loss=f"{mloss[3]:.4f}")
-            if epoch == 0 and i < 3 and self.dist.is_main and self.opt.plots:
+            if epoch == 0 and i < 3 and self.dist.is_main and self.loop.plots:
                 _plot_train_batch(imgs, targets, paths, self.names, self.save_dir / f"train_batch{i}.jpg")
+        self.scheduler.step()
         return mloss if mloss is not None else np.zeros(len(self.compute_loss.item_names))
 
     def _train_step(self, imgs: torch.Tensor, targets: torch.Tensor, step: int) -> np.ndarray:
@@ -139,110 +140,52 @@ class Trainer:
         return items.detach().cpu().numpy()
 
     # ---- end of epoch ------------------------------------------------------------------
-    def _end_epoch(self, epoch: int, losses: np.ndarray, seconds: float) -> dict:
-        final = epoch + 1 == self.opt.epochs
-        metrics = {}
-        if self.val_fn is not None and (not self.opt.noval or final):
-            metrics = self.val_fn(self.ema.ema, epoch, final)
-        fit = _fitness(metrics)
-        improved = fit > self.state.best_fitness
-        self.state.best_fitness = max(fit, self.state.best_fitness)
-        row = self._log_row(epoch, losses, metrics, seconds)
+    def end_epoch(self, epoch: int, losses: np.ndarray, seconds: float) -> EvalResult | None:
+        final = epoch + 1 == self.loop.epochs
+        result = None
+        if self.val_fn is not None and (not self.loop.noval or final):
+            result = self.val_fn(self.ema.ema, epoch, final)
+        improved = self.progress.improved(result.fitness() if result is not None else 0.0)
+        self.log.write(self._row(epoch, losses, result, seconds), self.loop.epochs)
         self._save(epoch, improved)
-        LOGGER.info("epoch %d/%d: %s", epoch + 1, self.opt.epochs,
-                    ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
-        return metrics
+        return result
 
-    def _log_row(self, epoch: int, losses: np.ndarray, metrics: dict, seconds: float) -> dict:
+    def _row(self, epoch: int, losses: np.ndarray, result: EvalResult | None, seconds: float) -> dict:
         row: dict[str, float] = {"epoch": epoch}
         row.update({f"train/{n}": float(v) for n, v in zip(self.compute_loss.item_names, losses)})
         for key in ("precision", "recall", "map50", "map"):
-            row[f"metrics/{key}"] = float(metrics.get(key, float("nan")))
+            row[f"metrics/{key}"] = float(getattr(result, key)) if result is not None else float("nan")
+        routing = result.routing if result is not None else None
         for det in ("detector1", "detector2"):
-            if det in metrics.get("dynamic", {}):
+            scores = getattr(routing, det, None)
+            if scores:
                 for key in ("map50", "map"):
-                    row[f"metrics/{det}_{key}"] = float(metrics["dynamic"][det][key])
+                    row[f"metrics/{det}_{key}"] = float(scores[key])
         row["lr"] = float(self.optimizer.param_groups[0]["lr"])
         row["seconds"] = seconds
-        _append_csv(self.save_dir / "results.csv", row)
-        if self.writer is not None:
-            for k, v in row.items():
-                if k != "epoch" and math.isfinite(v):
-                    self.writer.add_scalar(k, v, epoch)
-            self.writer.flush()
         return row
 
     def _save(self, epoch: int, improved: bool) -> None:
         extra = {
-            "epoch": epoch, "best_fitness": self.state.best_fitness, "ema_updates": self.ema.updates,
+            "epoch": epoch, "best_fitness": self.progress.best_fitness, "ema_updates": self.ema.updates,
             "optimizer": self.optimizer.state_dict(),
             "train_model": {k: v.detach().cpu() for k, v in de_parallel(self.model).state_dict().items()},
-            "train_opt": yaml_safe(vars(self.opt)), "hyp": yaml_safe(self.hyp),
+            "train_opt": self.record, "hyp": self.hyp,
         }
         meta = {"epoch": epoch, "stage": "stage1", "run": str(self.save_dir)}
+        kw = {"names": self.names, "img_size": self.loop.img_size, "meta": meta}
         # 'model' holds the EMA weights (what inference should use); 'train_model' the raw
         # weights so that a resumed run continues exactly.
-        last = save_checkpoint(self.wdir / "last.pt", self.ema.ema, names=self.names, meta=meta, extra=extra)
+        save_checkpoint(self.wdir / "last.pt", self.ema.ema, extra=extra, **kw)
         if improved:
-            save_checkpoint(self.wdir / "best.pt", self.ema.ema, names=self.names, meta=meta)
-        period = getattr(self.opt, "save_period", -1)
+            save_checkpoint(self.wdir / "best.pt", self.ema.ema, **kw)
+        period = self.loop.save_period
         if period > 0 and (epoch + 1) % period == 0:
-            save_checkpoint(self.wdir / f"epoch{epoch}.pt", self.ema.ema, names=self.names, meta=meta)
-        LOGGER.debug("saved %s", last)
+            save_checkpoint(self.wdir / f"epoch{epoch}.pt", self.ema.ema, **kw)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def _fitness(metrics: dict) -> float:
-    """Validation fitness; a dynamic model scores the mean of its two detectors."""
-    if not metrics:
-        return 0.0
-    dyn = metrics.get("dynamic")
-    if dyn:
-        return float(np.mean([fitness(dyn[d]["map50"], dyn[d]["map"]) for d in ("detector1", "detector2")]))
-    return float(fitness(metrics["map50"], metrics["map"]))
-
-
-def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
-
-
-def _truncate_csv(path: Path, next_epoch: int) -> None:
-    """Drop rows of epochs that a resumed run will repeat (killed after logging, before saving)."""
-    if not path.exists():
-        return
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    keep = [r for r in rows if int(float(r["epoch"])) < next_epoch]
-    if len(keep) == len(rows) or not rows:
-        return
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(keep)
-    tmp.replace(path)
-
-
-def yaml_safe(d: dict) -> dict:
-    """Options/hyp as YAML-safe plain values (paths -> str)."""
-    return yaml.safe_load(yaml.safe_dump({k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}))
-
-
-def _tensorboard(save_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional at run time
-        LOGGER.warning("tensorboard not installed: no event files")
-        return None
-    return SummaryWriter(str(save_dir))
+        if self.log is not None:
+            self.log.close()
 
 
 def _plot_train_batch(imgs, targets, paths, names, path: Path) -> None:

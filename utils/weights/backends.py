@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from models.zoo import zoo_cfg
+from models.zoo import zoo_cfg, zoo_entry
+from utils.defaults import IMG_SIZE
 from utils.weights.checkpoints import load_checkpoint
 from utils.weights.downloads import attempt_download
 from utils.torch_utils import select_device
@@ -35,4 +36,21 @@ def load_model(weights: str | Path, cfg: str | None = None, device: str | torch.
         model = OnnxModel(weights, device=dev)
         return model, model.info
     path = attempt_download(weights)
-    return load_checkpoint(path, cfg=cfg or zoo_cfg(path), nc=nc, device=dev)
+    model, info = load_checkpoint(path, cfg=cfg or zoo_cfg(path), nc=nc, device=dev)
+    entry = zoo_entry(path)
+    if not info.get("img_size") and entry is not None:
+        info["img_size"] = entry.img_size  # official releases: their training size
+    return model, info
+
+
+def input_size(img_size: int | None, info: dict) -> int:
+    """``img_size`` if given, else the weights' own size (training size, export size), else the default.
+
+    A model trained at 128 px runs at 128 unless asked otherwise (an export's (h, w): its long side).
+    """
+    if img_size:
+        return int(img_size)
+    own = info.get("img_size")
+    if isinstance(own, (list, tuple)):
+        own = max(int(v) for v in own)
+    return int(own) if own else IMG_SIZE

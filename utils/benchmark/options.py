@@ -1,0 +1,29 @@
+"""benchmark.py's options: what to measure and how often (the benchmark runner reads these)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from utils.defaults import PROJECT
+from utils.options import option
+
+SECTIONS = ("fused", "fast", "mixed", "onnx", "router")
+
+
+@dataclass
+class BenchmarkOptions:
+    """benchmark.py's options (flags: ``--img-size`` for ``img_size`` ...)."""
+
+    cfg: list[str] = option(["dy-yolov7"], "configs (a dynamic one is compared with its base)")
+    img_size: list[int] = option([640], "square input sizes")
+    reps: int = option(5, "timed repetitions per measurement")
+    warmup: int = option(2, "untimed repetitions first")
+    batch: int = option(16, "mixed-batch size (half of it hard)")
+    router_batch: int = option(16, "router-training batch compared with batch 1")
+    threads: int = option(0, "torch and ONNX Runtime threads (0: library default)")
+    device: str = option("", "cpu or a CUDA index (default: CUDA 0 if available)")
+    out: str = option(PROJECT["benchmark"], "folder for benchmark.json and benchmark.md")
+    skip: str = option("", f"comma-separated sections to skip: {','.join(SECTIONS)}")
+
+    def __post_init__(self) -> None:
+        self.cfg = [self.cfg] if isinstance(self.cfg, str) else list(self.cfg)
+        self.img_size = [self.img_size] if isinstance(self.img_size, int) else list(self.img_size)

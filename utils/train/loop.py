@@ -1,0 +1,96 @@
+"""What both trainers share: the epoch loop, the best-so-far bookkeeping and the run's log.
+
+:class:`EpochLoop` runs the remaining epochs of a (possibly resumed) run: a subclass trains one
+epoch in :meth:`EpochLoop.train_epoch` and, on the main process, scores and saves it in
+:meth:`EpochLoop.end_epoch`. :class:`RunLog` writes ``results.csv`` (one row per epoch, fsynced;
+a resumed run first drops the rows of epochs it will repeat) and, when available, TensorBoard
+scalars.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from utils.io import append_csv, truncate_csv
+
+LOGGER = logging.getLogger("dydet.train")
+
+
+@dataclass
+class Progress:
+    """Where a run is: the next epoch to run and the best validation fitness so far."""
+
+    epoch: int = 0
+    best_fitness: float = float("-inf")
+
+    def improved(self, fitness: float) -> bool:
+        """Record ``fitness``; True when it beats every earlier epoch (best.pt is then saved)."""
+        better = fitness > self.best_fitness
+        self.best_fitness = max(fitness, self.best_fitness)
+        return better
+
+
+class RunLog:
+    """``results.csv`` of a run plus optional TensorBoard scalars, one row per epoch."""
+
+    def __init__(self, save_dir: Path, tensorboard: bool = True, title: str = "epoch") -> None:
+        self.csv = Path(save_dir) / "results.csv"
+        self.title = title
+        self.writer = _tensorboard(save_dir) if tensorboard else None
+
+    def resume_at(self, next_epoch: int) -> None:
+        """Drop the rows of epochs >= ``next_epoch`` (logged, then killed before the checkpoint)."""
+        truncate_csv(self.csv, next_epoch)
+
+    def write(self, row: dict[str, float], epochs: int) -> None:
+        """Append ``row`` (its ``epoch`` counts from 0) and log it as one line."""
+        append_csv(self.csv, row)
+        if self.writer is not None:
+            for k, v in row.items():
+                if k != "epoch" and math.isfinite(v):
+                    self.writer.add_scalar(k, v, row["epoch"])
+            self.writer.flush()
+        LOGGER.info("%s %d/%d: %s", self.title, row["epoch"] + 1, epochs,
+                    ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _tensorboard(save_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional at run time
+        LOGGER.warning("tensorboard not installed: no event files")
+        return None
+    return SummaryWriter(str(save_dir))
+
+
+class EpochLoop:
+    """Runs epochs ``progress.epoch .. epochs - 1``; subclasses define one epoch's work."""
+
+    epochs: int
+    progress: Progress
+    is_main: bool
+
+    def fit(self) -> Any:
+        """Train the remaining epochs; returns the last epoch's metrics (main process)."""
+        metrics: Any = {}
+        for epoch in range(self.progress.epoch, self.epochs):
+            t0 = time.time()
+            loss = self.train_epoch(epoch)
+            if self.is_main:
+                metrics = self.end_epoch(epoch, loss, time.time() - t0)
+            self.progress.epoch = epoch + 1
+        return metrics
+
+    def train_epoch(self, epoch: int) -> Any:
+        raise NotImplementedError
+
+    def end_epoch(self, epoch: int, loss: Any, seconds: float) -> Any:
+        raise NotImplementedError
