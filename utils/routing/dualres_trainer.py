@@ -198,7 +198,7 @@ class DualResTrainer:
 
     # ---- resume ------------------------------------------------------------------------
     def restore(self, extra: Mapping) -> None:
-        """Optimiser, scheduler, γ and counters from a last.pt (the router weights came with the model)."""
+        """Optimiser, scheduler, loss scale and counters from a last.pt (the router weights came with the model)."""
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
         self.loss_scale = float(extra["loss_scale"])
