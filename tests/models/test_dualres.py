@@ -9,10 +9,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.dualres import DualResModel, low_side
+from models.flops import route_gflops
 from models.resize import prefilter_factor, resize
 from models.resolution_router import ROUTER_KINDS, ResolutionRouter
 from models.yolo import build_model
-from models.flops import route_gflops
 from utils.inference.predictor import Predictor
 from utils.weights.checkpoints import check_plain, save_checkpoint
 
