@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 import statistics
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,13 +40,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from utils.evaluation.metrics import auc_policy
-from utils.io import append_csv, truncate_csv
 from utils.routing.cache import epoch_batches
 from utils.routing.calibration import calibration_record
 from utils.routing.dualres_cache import DualResSamples
 from utils.routing.gumbel import DualResLoss, dualres_objective, gumbel_sigmoid
 from utils.routing.latency import inference_copy, route_latency
 from utils.torch_utils import DistInfo
+from utils.train.loop import EpochLoop, Progress, RunLog
 from utils.weights.checkpoints import load_strict, read_checkpoint, save_checkpoint
 
 LOGGER = logging.getLogger("dydet.train_router")
@@ -72,14 +71,6 @@ class DualResOptions:
     seed: int = 0
     img_size: int = 640  # network input size (route costs, calibration record)
     latency_reps: int = 5  # batch-1 latency repetitions per route (0: GFLOPs only)
-
-
-@dataclass
-class DualResState:
-    """Counters a resumed run needs besides weights, optimiser and scheduler."""
-
-    epoch: int = 0  # next epoch to run
-    best_fitness: float = float("-inf")
 
 
 class ThumbnailRouter(nn.Module):
@@ -162,8 +153,11 @@ def load_dualres_checkpoint(path: str | Path, device: str | torch.device = "cpu"
 
 
 @dataclass
-class DualResTrainer:
+class DualResTrainer(EpochLoop):
     """Trains ``model.router`` (a DualResModel's) for ``opt.epochs`` epochs; ``fit()`` runs the rest.
+
+    ``epochs`` (default ``opt.epochs``) may be set lower to stop early; the cosine schedule
+    always spans ``opt.epochs``.
 
     ``train`` holds every training image's samples (gathered over processes), ``val`` the
     validation images' (main process; None elsewhere, or to score on ``train``).
@@ -176,13 +170,15 @@ class DualResTrainer:
     save_dir: Path
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dist: DistInfo = field(default_factory=DistInfo)
-    state: DualResState = field(default_factory=DualResState)
+    progress: Progress = field(default_factory=Progress)
     costs: dict | None = None  # calibration_record kwargs; measured on the main process when None
 
     def __post_init__(self) -> None:
         self.save_dir = Path(self.save_dir)
         self.wdir = self.save_dir / "weights"
         self.wdir.mkdir(parents=True, exist_ok=True)
+        self.epochs, self.is_main = self.opt.epochs, self.dist.is_main
+        self.log = RunLog(self.save_dir, tensorboard=False, title="dualres router epoch") if self.is_main else None
         self.loss_scale = loss_scale(self.opt, self.train)
         params = list(self.model.router.parameters())
         self.optimizer = torch.optim.SGD(params, lr=self.opt.lr, momentum=self.opt.momentum,
@@ -202,29 +198,17 @@ class DualResTrainer:
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
         self.loss_scale = float(extra["loss_scale"])
-        self.state = DualResState(int(extra["epoch"]) + 1, float(extra["best_fitness"]))
-        if self.dist.is_main:
-            truncate_csv(self.save_dir / "results.csv", self.state.epoch)
+        self.progress = Progress(int(extra["epoch"]) + 1, float(extra["best_fitness"]))
+        if self.is_main:
+            self.log.resume_at(self.progress.epoch)
 
     # ---- training ----------------------------------------------------------------------
-    def fit(self, until: int | None = None) -> dict:
-        """Run the remaining epochs (or up to epoch ``until``); returns the last epoch's metrics (main process)."""
-        metrics: dict = {}
-        for epoch in range(self.state.epoch, min(self.opt.epochs, until or self.opt.epochs)):
-            t0 = time.time()
-            train_stats = self.train_epoch(epoch)
-            self.scheduler.step()
-            self.state.epoch = epoch + 1
-            if self.dist.is_main:
-                metrics = self._end_epoch(epoch, train_stats, time.time() - t0)
-        return metrics
-
     def noise_generator(self, epoch: int) -> torch.Generator:
         """Gumbel noise of ``epoch`` on this process: a pure function of (seed, epoch, rank)."""
         return torch.Generator().manual_seed((self.opt.seed * 1_000_003 + epoch) * 1009 + max(self.dist.rank, 0))
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over this process's batches; mean loss, detection loss, balance term, high share."""
+        """One pass over this process's batches: mean loss, detection loss, balance term, high share; the lr."""
         self.model.train()  # router in train mode; the detector stays frozen in eval mode
         per_rank = max(self.opt.batch_size // max(self.dist.world_size, 1), 1)
         batches = epoch_batches(len(self.train), per_rank, epoch, self.opt.seed, self.dist)
@@ -235,8 +219,10 @@ class DualResTrainer:
             res = self.step(self.train.subset(idx), gen)
             sums += [float(v) for v in res]
             bar.set_postfix(loss=f"{sums[0] / n:.4f}", high=f"{sums[3] / n:.2f}")
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        self.scheduler.step()  # per-epoch cosine
         mean = sums / max(len(batches), 1)
-        return dict(zip(("loss", "detection", "balance", "high_share"), mean.tolist()))
+        return {**dict(zip(("loss", "detection", "balance", "high_share"), mean.tolist())), "lr": lr}
 
     def step(self, batch: DualResSamples, generator: torch.Generator | None = None) -> DualResLoss:
         """One SGD step of the router on a batch of samples; returns the objective's parts."""
@@ -263,24 +249,22 @@ class DualResTrainer:
                    "high_share": float((phi > self.model.threshold).float().mean())}
         return phi, metrics
 
-    def _end_epoch(self, epoch: int, train_stats: dict, seconds: float) -> dict:
+    def end_epoch(self, epoch: int, train_stats: dict, seconds: float) -> dict:
+        """Score on the validation samples, log a row, save last.pt (and best.pt) with the calibration."""
         phi, metrics = self.score()
         fit = metrics["loss_auc"] if math.isfinite(metrics["loss_auc"]) else -metrics["routed_loss"]
-        improved = fit > self.state.best_fitness
-        self.state.best_fitness = max(fit, self.state.best_fitness)
+        improved = self.progress.improved(fit)
         row = {"epoch": epoch, **{f"train/{k}": v for k, v in train_stats.items()},
                **{f"val/{k}": v for k, v in metrics.items()}, "loss_scale": self.loss_scale,
-               "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": seconds}
-        append_csv(self.save_dir / "results.csv", row)
+               "seconds": seconds}
+        self.log.write(row, self.opt.epochs)
         calib = calibration_record(phi, img_size=self.opt.img_size, **(self.costs or {}))
         self._save(epoch, improved, calib)
-        LOGGER.info("dualres router epoch %d/%d: %s", epoch + 1, self.opt.epochs,
-                    ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
         return {**metrics, "thresholds": calib, "phi": phi}
 
     def _save(self, epoch: int, improved: bool, calib: dict) -> None:
         meta = {"epoch": epoch, "stage": "dualres-router", "loss_scale": self.loss_scale, "run": str(self.save_dir)}
-        extra = {"epoch": epoch, "best_fitness": self.state.best_fitness, "loss_scale": self.loss_scale,
+        extra = {"epoch": epoch, "best_fitness": self.progress.best_fitness, "loss_scale": self.loss_scale,
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "train_opt": asdict(self.opt)}
         kw = {"names": self.model.names, "img_size": self.opt.img_size, "thresholds": calib, "meta": meta}
