@@ -27,6 +27,7 @@ from utils.torch_utils import DistInfo, de_parallel, distributed_run, main_proce
 from utils.train.resume import resume_options
 from utils.train.trainer import Trainer, TrainLoop
 from utils.weights.checkpoints import load_checkpoint, transfer_weights
+from utils.weights.downloads import attempt_download
 
 LOGGER = logging.getLogger("dydet.train")
 
@@ -113,7 +114,7 @@ def _model(opt, names: list[str], device: torch.device, resume_ckpt: Path | None
         if not opt.cfg:
             raise ValueError("give --cfg (architecture) and/or --weights")
         return build_model(opt.cfg, names=names).to(device), {}
-    model, info = load_checkpoint(opt.weights, cfg=opt.cfg or None)
+    model, info = load_checkpoint(attempt_download(opt.weights), cfg=opt.cfg or None)  # zoo names: downloaded
     if model.nc != len(names) or list(model.names) != list(names):
         fresh = build_model(model.cfg, names=names)
         reinit = transfer_weights(model, fresh)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from models.zoo import zoo_cfg, zoo_entry
 from utils.cli import script_main
 from utils.data.config import hyp_for, load_data_config
 from utils.data.datasets import create_dataloader
@@ -30,6 +31,7 @@ from utils.torch_utils import DistInfo, distributed_run, main_process_first, sel
 from utils.train.loss import ComputeLoss, scale_loss_gains
 from utils.train.resume import STATE_KEYS, resume_options
 from utils.weights.checkpoints import load_checkpoint, save_checkpoint
+from utils.weights.downloads import attempt_download
 
 LOGGER = logging.getLogger("dydet.train_router")
 
@@ -114,9 +116,10 @@ def _dynamic_model(opt: Options, device: torch.device, resume_ckpt: Path | None)
     path = resume_ckpt or opt.weights
     if not path:
         raise ValueError("give --weights: a stage-1 checkpoint of a dynamic (dy-*) model")
-    if not Path(path).is_file():
+    if not Path(path).is_file() and zoo_entry(path) is None:
         raise FileNotFoundError(f"--weights: checkpoint {path} not found")
-    model, info = load_checkpoint(path, cfg=opt.cfg or None, device=device)
+    path = attempt_download(path)  # zoo names: found locally or downloaded
+    model, info = load_checkpoint(path, cfg=opt.cfg or zoo_cfg(path), device=device)
     if not getattr(model, "is_dynamic", False):
         raise ValueError(f"{path} holds a plain (non-dynamic) detector; train_router.py needs a Dy model "
                          "(a stage-1 checkpoint of a dy-* config)")

@@ -1,7 +1,6 @@
 """The shipped demo model on images it has never seen: its router must route better than chance."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

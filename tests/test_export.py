@@ -14,10 +14,6 @@ import torch
 import export
 from models.yolo import build_model
 from tests.conftest import randomize_bn
-from utils.weights.backends import load_model
-from utils.routing.calibration import calibration_record, table_threshold
-from utils.weights.checkpoints import read_checkpoint, save_checkpoint
-from utils.export.parity import difference, parity, probe_images
 from utils.export.exporters import (
     ExportOptions,
     example_images,
@@ -25,10 +21,14 @@ from utils.export.exporters import (
     onnx_metadata,
     save_onnx,
 )
-from utils.inference.nms import non_max_suppression
 from utils.export.onnx_graph import Builder, finish, nms, tensor_info
 from utils.export.onnx_model import OnnxModel
+from utils.export.parity import difference, parity, probe_images
+from utils.inference.nms import non_max_suppression
 from utils.inference.predictor import Predictor
+from utils.routing.calibration import calibration_record, table_threshold
+from utils.weights.backends import load_model
+from utils.weights.checkpoints import read_checkpoint, save_checkpoint
 
 SIZE = 64
 ATOL = 1e-3
@@ -257,6 +257,7 @@ def test_simplify_keeps_parity_and_metadata(ckpt: Path, tmp_path: Path) -> None:
 def test_simplify_falls_back_on_an_invalid_result(monkeypatch) -> None:
     pytest.importorskip("onnxslim")
     import onnxslim
+
     from utils.export import exporters
     good = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",

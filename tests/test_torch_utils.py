@@ -40,6 +40,7 @@ def test_increment_path(tmp_path) -> None:
 def test_latest_checkpoint(tmp_path) -> None:
     import os
     import time as _time
+
     from utils.paths import latest_checkpoint
     with pytest.raises(FileNotFoundError, match="no \\*/weights/last.pt"):
         latest_checkpoint(tmp_path)

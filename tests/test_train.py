@@ -18,7 +18,7 @@ import train
 from data.make_demo_data import make_demo_dataset
 from models.yolo import build_model
 from tests.conftest import REPO
-from utils.weights.checkpoints import read_checkpoint
+from utils.weights.checkpoints import read_checkpoint, save_checkpoint
 
 # A short, easy recipe: no mosaic/mixup/colour jitter, constant LR, one optimizer step per batch.
 FAST_HYP = {"lr0": 0.02, "lrf": 1.0, "warmup_epochs": 0.5, "mosaic": 0.0, "mixup": 0.0, "hsv_h": 0.0,
@@ -42,8 +42,9 @@ def demo(tmp_path_factory) -> dict[str, Path]:
 def _map50_before(cfg: str, demo: dict, tmp_path: Path) -> dict:
     torch.manual_seed(0)
     model = build_model(cfg, names=["circle", "square", "triangle", "cross"])
-    return test_script.run(data=demo["fit"], model=model, img_size=128, batch_size=8, workers=0,
-                           plots=False, save_dir=tmp_path / "before")
+    weights = save_checkpoint(tmp_path / "untrained.pt", model, names=model.names)
+    return test_script.run(data=demo["fit"], weights=str(weights), img_size=128, batch_size=8, workers=0,
+                           device="cpu", plots=False, save_dir=tmp_path / "before")
 
 
 @pytest.mark.parametrize("cfg,epochs", [("yolov7-tiny", 30), ("dy-yolov7-tiny", 40)])
@@ -64,6 +65,7 @@ def test_training_raises_map(cfg: str, epochs: int, demo: dict, tmp_path: Path) 
         assert (run_dir / name).is_file(), name
     ckpt = read_checkpoint(run_dir / "weights" / "last.pt")
     assert ckpt["format"] == "dydet-v1" and ckpt["epoch"] == epochs - 1 and "optimizer" in ckpt
+    assert ckpt["img_size"] == 128 and read_checkpoint(run_dir / "weights" / "best.pt")["img_size"] == 128
 
 
 def test_plots_and_event_files(demo: dict, tmp_path: Path) -> None:
@@ -181,10 +183,10 @@ def test_yolov7_release_warm_starts_a_dynamic_model(demo: dict, tmp_path: Path) 
 
 
 def test_test_py_dial_forms(demo: dict, tmp_path: Path) -> None:
-    from utils.routing.calibration import calibration_record
-    from utils.weights.checkpoints import save_checkpoint
     from utils.data.config import load_data_config
     from utils.data.datasets import create_dataloader
+    from utils.routing.calibration import calibration_record
+    from utils.weights.checkpoints import save_checkpoint
     torch.manual_seed(0)
     model = build_model("dy-yolov7-tiny", names=["circle", "square", "triangle", "cross"]).eval()
     with torch.no_grad():

@@ -13,11 +13,11 @@ import torch
 import train_router
 from data.make_demo_data import make_demo_dataset
 from models.yolo import build_model
-from utils.weights.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
 from utils.data.datasets import create_dataloader
-from utils.train.loss import ComputeLoss, scale_loss_gains
 from utils.routing.loss import router_objective
 from utils.routing.trainer import PooledRouter, RouterTrainer, frozen_mode, route_batch, to_batch
+from utils.train.loss import ComputeLoss, scale_loss_gains
+from utils.weights.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
 
 NAMES = ["circle", "square", "triangle", "cross"]
 IMG = 64
@@ -92,15 +92,15 @@ def test_only_the_router_learns(strategy: str, stage1: dict, tmp_path: Path) -> 
 
 
 def test_resume_an_interrupted_run(stage1: dict, tmp_path: Path, monkeypatch) -> None:
-    original = RouterTrainer._end_epoch
+    original = RouterTrainer.end_epoch
 
     def end_then_die(self, *args):
         original(self, *args)
         raise KeyboardInterrupt  # killed right after saving epoch 0
-    monkeypatch.setattr(RouterTrainer, "_end_epoch", end_then_die)
+    monkeypatch.setattr(RouterTrainer, "end_epoch", end_then_die)
     with pytest.raises(KeyboardInterrupt):
         _run(stage1, tmp_path, "killed", epochs=2)
-    monkeypatch.setattr(RouterTrainer, "_end_epoch", original)
+    monkeypatch.setattr(RouterTrainer, "end_epoch", original)
     last = tmp_path / "killed" / "weights" / "last.pt"
     first = read_checkpoint(last)
     assert first["epoch"] == 0
@@ -125,7 +125,7 @@ def test_clear_errors(stage1: dict, tmp_path: Path, capsys) -> None:
     code = train_router.main(["--weights", str(tmp_path / "none.pt"), "--data", str(stage1["data"]),
                               "--project", str(tmp_path)])
     assert code == 1 and "none.pt not found" in capsys.readouterr().err
-    with pytest.raises(TypeError, match="unknown train_router options"):
+    with pytest.raises(ValueError, match="unknown options"):
         train_router.run(bogus=1)
 
 

@@ -12,8 +12,8 @@ import argparse
 import dataclasses
 import types
 import typing
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")

@@ -8,10 +8,18 @@ from pathlib import Path
 import pytest
 
 import benchmark
-from utils.benchmark.runner import parse_skip, plain_counterpart
 from utils.benchmark.report import markdown
+from utils.benchmark.runner import parse_skip, plain_counterpart
 from utils.benchmark.stats import (
-    check_goals, gflops_per_s, latency_metrics, median, mixed_metrics, onnx_metrics, paired_ratio, ratio, router_metrics,
+    check_goals,
+    gflops_per_s,
+    latency_metrics,
+    median,
+    mixed_metrics,
+    onnx_metrics,
+    paired_ratio,
+    ratio,
+    router_metrics,
     summarize,
 )
 from utils.benchmark.timing import interleaved
@@ -179,8 +187,9 @@ def test_end_to_end_tiny(tmp_path: Path) -> None:
     assert saved["meta"]["torch_threads"] == 1 and saved["meta"]["options"]["skip"] == "onnx"
 
 
-def test_onnx_section_reports_a_missing_exporter(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "export", None)  # import export -> ImportError
+@pytest.mark.parametrize("missing", ["onnx", "onnxruntime"])
+def test_onnx_section_reports_a_missing_exporter(tmp_path: Path, monkeypatch, missing: str) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # import onnx / onnxruntime -> ImportError
     result = _tiny_run(tmp_path, reps=1, skip="fused,fast,mixed,router")
     status = result["configs"][0]["onnx"]["status"]
     assert status.startswith("skipped: ONNX export not available")

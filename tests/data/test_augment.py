@@ -6,9 +6,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.data.augment import (AugmentConfig, augment_hsv, box_candidates, flip_lr, flip_ud,
-                           letterbox, mixup, mosaic4, random_perspective)
 from utils.boxes import scale_boxes
+from utils.data.augment import (
+    AugmentConfig,
+    augment_hsv,
+    box_candidates,
+    flip_lr,
+    flip_ud,
+    letterbox,
+    mixup,
+    mosaic4,
+    random_perspective,
+)
 from utils.data.config import load_hyp
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import yaml
 
-from utils.data.config import (DataConfigError, find_images, image_to_label_path, names_list,
-                               load_data_config, load_hyp, parse_names)
+from utils.data.config import (
+    DataConfigError,
+    find_images,
+    image_to_label_path,
+    load_data_config,
+    load_hyp,
+    names_list,
+    parse_names,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from tests.conftest import write_video
-from utils.evaluation.evaluator import to_original
 from utils.data.sources import (
     ArraySource,
     CaptureSource,
@@ -24,6 +23,7 @@ from utils.data.sources import (
     open_source,
     read_stream_list,
 )
+from utils.evaluation.evaluator import to_original
 
 REAL_CAPTURE = cv2.VideoCapture
 

@@ -7,9 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from utils.evaluation.metrics import (ConfusionMatrix, PRResult, auc_policy, average_precision, coco80_to_91,
-                           coco_evaluate, coco_json_predictions, fitness, match_predictions,
-                           pr_curves)
+from utils.evaluation.metrics import (
+    ConfusionMatrix,
+    PRResult,
+    auc_policy,
+    average_precision,
+    coco80_to_91,
+    coco_evaluate,
+    coco_json_predictions,
+    fitness,
+    match_predictions,
+    pr_curves,
+)
 
 NAMES = ["cat", "dog"]
 

@@ -11,17 +11,17 @@ import yaml
 
 import export
 import test as test_script
-from utils.evaluation.evaluate import evaluate
 from tests.conftest import make_dataset
 from tests.test_export import SIZE, checkpoint, fused, one_thread  # noqa: F401 (autouse fixture)
-from utils.weights.backends import load_model
-from utils.weights.checkpoints import read_checkpoint
 from utils.data.config import load_data_config
 from utils.data.datasets import create_dataloader
-from utils.export.parity import difference, probe_images
+from utils.evaluation.evaluate import evaluate
 from utils.export.exporters import ExportOptions
 from utils.export.onnx_model import OnnxModel
+from utils.export.parity import difference, probe_images
 from utils.inference.predictor import Predictor
+from utils.weights.backends import load_model
+from utils.weights.checkpoints import read_checkpoint
 
 
 @pytest.fixture(scope="module")

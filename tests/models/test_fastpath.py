@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from models import fastpath
+from models.flops import route_gflops
 from models.layers import Conv
 from models.link import add_nearest
 from models.yolo import build_model
 from tests.conftest import randomize_bn
-from models.flops import route_gflops
 
 needs_onednn = pytest.mark.skipif(not fastpath.available(), reason="this PyTorch build has no oneDNN fused ops")
 

@@ -7,9 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from utils.routing.calibration import (NO_TABLE, calibration_record, fraction_for_gflops, fraction_for_latency,
-                               hard_fraction, resolve_threshold, stability_report, table_threshold,
-                               threshold_table)
+from utils.routing.calibration import (
+    NO_TABLE,
+    calibration_record,
+    fraction_for_gflops,
+    fraction_for_latency,
+    hard_fraction,
+    resolve_threshold,
+    stability_report,
+    table_threshold,
+    threshold_table,
+)
 
 
 def _beta_scores(n: int, seed: int) -> np.ndarray:

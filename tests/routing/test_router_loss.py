@@ -4,8 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from utils.routing.loss import (adaptive_offset_loss, ap_targets, estimate_offset, random_targets,
-                               router_objective, target_loss)
+from utils.routing.loss import (
+    adaptive_offset_loss,
+    ap_targets,
+    estimate_offset,
+    random_targets,
+    router_objective,
+    target_loss,
+)
 
 
 def test_loss_value_on_hand_made_numbers() -> None:

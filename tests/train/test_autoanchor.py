@@ -11,8 +11,14 @@ import torch
 
 from models.head import IDetect
 from models.yolo import build_model
-from utils.train.autoanchor import (anchor_fitness, check_anchor_order, check_anchors, head_anchors_px,
-                              kmean_anchors, label_sizes_px)
+from utils.train.autoanchor import (
+    anchor_fitness,
+    check_anchor_order,
+    check_anchors,
+    head_anchors_px,
+    kmean_anchors,
+    label_sizes_px,
+)
 
 TRUE_SIZES = np.array([[12, 12], [20, 40], [40, 20],
                        [60, 60], [50, 120], [120, 50],

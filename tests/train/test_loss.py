@@ -11,8 +11,15 @@ from torchvision.ops import complete_box_iou_loss
 
 import utils.train.loss as loss_mod
 from utils.boxes import xywh2xyxy
-from utils.train.loss import (ComputeLoss, DetectionLoss, bbox_ciou, find_candidates, level_balance,
-                        scale_loss_gains, simota_match)
+from utils.train.loss import (
+    ComputeLoss,
+    DetectionLoss,
+    bbox_ciou,
+    find_candidates,
+    level_balance,
+    scale_loss_gains,
+    simota_match,
+)
 
 ANCHORS = ((10, 13, 16, 30, 33, 23), (30, 61, 62, 45, 59, 119), (116, 90, 156, 198, 373, 326))
 HYP = {"box": 0.05, "obj": 0.7, "cls": 0.3, "cls_pw": 1.0, "obj_pw": 1.0, "anchor_t": 4.0,

@@ -11,14 +11,26 @@ import torch.nn as nn
 
 from models.yolo import build_model
 from tests.weights.test_safe_pickle import (
-    attach_tensor, fake_state, fake_tensor, fake_yolo_modules, manifest, save_fake_yolov7,
-)
-from utils.weights import checkpoints
-from utils.weights.checkpoints import (
-    FORMAT, CheckpointError, load_checkpoint, load_strict, read_checkpoint, save_checkpoint, strip_aux_heads,
-    yolov7_to_dynamic,
+    attach_tensor,
+    fake_state,
+    fake_tensor,
+    fake_yolo_modules,
+    manifest,
+    save_fake_yolov7,
 )
 from utils.data.coco_names import COCO_NAMES
+from utils.weights import checkpoints
+from utils.weights.checkpoints import (
+    FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    load_strict,
+    read_checkpoint,
+    save_checkpoint,
+    strip_aux_heads,
+    yolov7_to_dynamic,
+)
+
 
 def save_fake_dynamicdet(path: Path, name: str, *, ema: bool = True, drop: str | None = None,
                          add: str | None = None) -> dict[str, torch.Tensor]:

@@ -18,7 +18,12 @@ import torch
 import torch.nn as nn
 
 from utils.weights.safe_pickle import (
-    CheckpointError, Stub, check_globals, is_allowed, load_restricted, module_tree_state_dict,
+    CheckpointError,
+    Stub,
+    check_globals,
+    is_allowed,
+    load_restricted,
+    module_tree_state_dict,
     unsafe_globals,
 )
 

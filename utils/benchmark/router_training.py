@@ -22,9 +22,9 @@ from utils.benchmark.timing import interleaved
 from utils.data.config import hyp_for, load_data_config
 from utils.data.datasets import create_dataloader
 from utils.defaults import BATCH, ROUTER
-from utils.train.loss import ComputeLoss, scale_loss_gains
 from utils.routing.cache import RouterSamples, collect_samples
 from utils.routing.trainer import RouterLoop, RouterTrainer, frozen_mode
+from utils.train.loss import ComputeLoss, scale_loss_gains
 
 MAX_COLLECT_REPS = 3  # a batch-16 pass at 640 px takes tens of seconds on a CPU
 

@@ -24,18 +24,17 @@ import torch
 import yaml
 
 from models import fastpath
+from models.flops import route_gflops
 from models.parse import find_cfg
 from models.yolo import build_model
-from utils.benchmark.runtimes import onnx_section
-from utils.benchmark.report import markdown
-from utils.benchmark.stats import check_goals, latency_metrics, mixed_metrics, summarize
 from utils.benchmark.options import SECTIONS, BenchmarkOptions
+from utils.benchmark.report import markdown
+from utils.benchmark.runtimes import onnx_section
+from utils.benchmark.stats import check_goals, latency_metrics, mixed_metrics, summarize
 from utils.benchmark.timing import interleaved, prepare
-from utils.weights.checkpoints import git_hash
-from models.flops import route_gflops
 from utils.options import options_dict
 from utils.torch_utils import select_device
-
+from utils.weights.checkpoints import git_hash
 
 
 def plain_counterpart(cfg: str) -> str | None:

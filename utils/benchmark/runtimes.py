@@ -32,6 +32,9 @@ def export_onnx(model: torch.nn.Module, img_size: int, route: str, out: Path) ->
 def onnx_section(bench, mode: str) -> dict:
     """Latency of ONNX Runtime per route for each export, with the eager model in the same rounds."""
     try:
+        import onnx  # noqa: F401  (the exporter)
+        import onnxruntime  # noqa: F401  (the runtime)
+
         from utils.export.onnx_model import OnnxModel
     except ImportError as e:
         return {"status": f"skipped: ONNX export not available ({e})"}

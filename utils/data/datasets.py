@@ -18,9 +18,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 from tqdm import tqdm
 
-from utils.data.augment import (AugmentConfig, augment_hsv, flip_lr, flip_ud, letterbox, mixup,
-                           mosaic4, random_perspective, PAD_VALUE)
 from utils.boxes import clip_boxes, xywhn2xyxy, xyxy2xywhn
+from utils.data.augment import (
+    PAD_VALUE,
+    AugmentConfig,
+    augment_hsv,
+    flip_lr,
+    flip_ud,
+    letterbox,
+    mixup,
+    mosaic4,
+    random_perspective,
+)
 from utils.data.config import PathLike, find_images, image_to_label_path
 from utils.data.images import ImageReadError, read_image
 from utils.data.labels import Sample, scan_dataset

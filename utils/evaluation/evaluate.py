@@ -118,9 +118,11 @@ def evaluate(model: Any, loader, names: list[str], *, conf_thres: float = VAL.co
              plot_dir: Path | None = None) -> EvalResult:
     """Score ``model`` on every batch of ``loader`` (images, labels, paths, shapes).
 
-    ``threshold`` routes dynamic models; ``time_routed`` also runs (and times) the routed call
+    ``threshold`` routes dynamic models (default: the model's own); ``time_routed`` also runs (and times) the routed call
     when both detectors are scored; ``plot_dir`` receives the curves and three batch mosaics.
     """
+    if threshold is None and getattr(model, "is_dynamic", False):
+        threshold = float(model.threshold)
     predictor = Predictor(model, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, multi_label=True)
     streams = {"all": DetectionStats(names)}
     if _scores_both(model):  # ONNX exports: routed results only

@@ -18,8 +18,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from utils.train.loss import ComputeLoss
 from utils.torch_utils import DistInfo
+from utils.train.loss import ComputeLoss
 
 
 @dataclass

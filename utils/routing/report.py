@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.routing.calibration import stability_report
 from utils.data.images import read_image
+from utils.routing.calibration import stability_report
 
 STABILITY_PERCENTS = (10, 30, 50, 70, 90)
 

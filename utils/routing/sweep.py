@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.routing.calibration import threshold_table
 from utils.evaluation.metrics import (
     auc_policy,
     coco_evaluate,
@@ -23,6 +22,7 @@ from utils.evaluation.metrics import (
     coco_stats,
     summarize_cocoeval,
 )
+from utils.routing.calibration import threshold_table
 
 SWEEP_PERCENTS = tuple(range(0, 101, 10))
 

@@ -9,10 +9,9 @@ collects its share, the shares are gathered, and only the router is wrapped in D
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,14 +20,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from utils.routing.calibration import calibration_record
-from utils.weights.checkpoints import save_checkpoint
-from utils.routing.latency import route_costs
-from utils.train.loss import ComputeLoss
 from utils.routing.cache import RouterSamples, batch_samples, collect_samples, epoch_batches, gather_samples
+from utils.routing.calibration import calibration_record
+from utils.routing.latency import route_costs
 from utils.routing.loss import router_objective
 from utils.torch_utils import DistInfo
 from utils.train.loop import EpochLoop, Progress, RunLog
+from utils.train.loss import ComputeLoss
+from utils.weights.checkpoints import save_checkpoint
 
 LOGGER = logging.getLogger("dydet.train_router")
 HARD_PERCENTS = range(10, 100, 10)  # hard fractions averaged by the routed-loss metric

@@ -12,9 +12,9 @@ import torch
 
 from models.zoo import zoo_cfg, zoo_entry
 from utils.defaults import IMG_SIZE
+from utils.torch_utils import select_device
 from utils.weights.checkpoints import load_checkpoint
 from utils.weights.downloads import attempt_download
-from utils.torch_utils import select_device
 
 
 def is_onnx(weights: str | Path) -> bool:

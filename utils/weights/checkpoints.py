@@ -30,9 +30,9 @@ import torch
 import torch.nn as nn
 
 from utils.data.coco_names import COCO_NAMES
-from utils.weights.safe_pickle import CheckpointError, Stub, load_restricted, module_tree_state_dict
 from utils.io import atomic_write
 from utils.torch_utils import de_parallel
+from utils.weights.safe_pickle import CheckpointError, Stub, load_restricted, module_tree_state_dict
 
 __all__ = [
     "DYNAMICDET", "FORMAT", "YOLOV7", "CheckpointError", "atomic_save", "check_plain", "checkpoint_dict",
