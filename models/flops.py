@@ -51,10 +51,13 @@ def route_gflops(model: nn.Module, img_size: int = 640) -> dict[str, float]:
 
 
 def router_gflops(model: nn.Module, img_size: int = 640) -> float:
-    """GFLOPs of the router alone (on backbone-1 features of an img_size input)."""
+    """GFLOPs of the router alone: a Dy router on backbone-1 features of an img_size input, a
+    DualRes router on its own thumbnail of the image (the resize itself not counted)."""
     m = fused_copy(model)
     p = next(m.parameters())
     x = torch.zeros(1, 3, img_size, img_size, device=p.device, dtype=p.dtype)
+    if not hasattr(m, "backbone1"):
+        return _gflops(m.router, x)
     with torch.inference_mode():
         feats, _ = m.backbone1(x)
     return _gflops(m.router, [feats[i] for i in m._router_pos])

@@ -35,13 +35,16 @@ class Model(DetectorBase):
 
 
 def build_model(cfg: str | Path | dict, nc: int | None = None, names: list[str] | None = None) -> DetectorBase:
-    """Build a plain or dynamic detector from a config name, path or dict."""
+    """Build a plain, dynamic (Dy) or dynamic-resolution (DualRes) detector from a config name, path or dict."""
     d = load_cfg(cfg)
     if names is not None and nc is None:
         nc = len(names)
     if nc is not None and nc != d.get("nc"):
         d["nc"] = int(nc)
         d.pop("names", None)
+    if "dualres" in d:
+        from models.dualres import DualResModel
+        return DualResModel.from_cfg(d, names)
     if "dynamic" in d:
         from models.dynamic import DyModel
         return DyModel(d, names)

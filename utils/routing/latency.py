@@ -49,9 +49,12 @@ def route_latency(model: torch.nn.Module, img_size: int, reps: int = 5, warmup: 
 
 
 def route_costs(model: torch.nn.Module, img_size: int, reps: int = 5) -> dict[str, float]:
-    """Batch-1 latency (ms, as inference runs) and fused GFLOPs of both routes, as :func:`calibration_record` kwargs."""
+    """Fused GFLOPs and (``reps`` > 0) batch-1 latency in ms, as inference runs, of both routes,
+    as :func:`calibration_record` keywords. A route's costs include its router's."""
     from models.flops import route_gflops
-    latency = route_latency(inference_copy(model), img_size, reps=reps)
     gflops = route_gflops(model, img_size)
-    return {"easy_ms": latency["easy"], "hard_ms": latency["hard"],
-            "easy_gflops": gflops["easy"], "hard_gflops": gflops["hard"]}
+    costs = {"easy_gflops": gflops["easy"], "hard_gflops": gflops["hard"]}
+    if reps > 0:
+        latency = route_latency(inference_copy(model), img_size, reps=reps)
+        costs.update(easy_ms=latency["easy"], hard_ms=latency["hard"])
+    return costs
