@@ -9,12 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.dualres import DualResModel, low_side
-from models.flops import route_gflops
+from models.flops import route_gflops, router_gflops
 from models.resize import prefilter_factor, resize
 from models.resolution_router import ROUTER_KINDS, ResolutionRouter
 from models.yolo import build_model
 from utils.inference.predictor import Predictor
-from utils.weights.checkpoints import check_plain, save_checkpoint
+from utils.weights.checkpoints import check_plain, load_checkpoint, save_checkpoint
 
 IMG = 128
 
@@ -222,9 +222,8 @@ def test_detector_stays_frozen_in_train_mode(dy: DualResModel) -> None:
 
 
 def test_route_gflops_include_the_router(plain: DualResModel) -> None:
-    from utils.routing.dualres_trainer import router_gflops
     g = route_gflops(plain, IMG)
-    router = router_gflops(plain.router)
+    router = router_gflops(plain, IMG)
     assert router > 0
     det_high = route_gflops(plain.detector, IMG)["all"]
     det_low = route_gflops(plain.detector, 64)["all"]
@@ -233,28 +232,15 @@ def test_route_gflops_include_the_router(plain: DualResModel) -> None:
     assert g["easy"] == pytest.approx(det_low + router, rel=0.02)
 
 
-def test_checkpoint_round_trip(dy: DualResModel, tmp_path, monkeypatch) -> None:
-    from utils.routing.dualres_trainer import load_dualres_checkpoint
+def test_checkpoint_round_trip(dy: DualResModel, tmp_path) -> None:
     check_plain(dy.cfg, "cfg")
-    path = save_checkpoint(tmp_path / "dr.pt", dy, names=dy.names, thresholds={"table": {0: 1.0, 100: 0.0}})
-    model, info = load_dualres_checkpoint(path)
+    path = save_checkpoint(tmp_path / "dr.pt", dy, names=dy.names, img_size=IMG,
+                           thresholds={"table": {0: 1.0, 100: 0.0}})
+    model, info = load_checkpoint(path)  # build_model dispatches on the cfg's "dualres" section
     model.eval()
-    assert model.cfg == dy.cfg and info["thresholds"]["table"][100] == 0.0
+    assert isinstance(model, DualResModel) and model.inner_threshold == 0.0
+    assert model.cfg == dy.cfg and info["thresholds"]["table"][100] == 0.0 and info["img_size"] == IMG
     x = images(2)
     with torch.no_grad():
         thr = mixed_threshold(dy, images(4))
         torch.testing.assert_close(model(x, threshold=thr).pred, dy(x, threshold=thr).pred)
-
-    # integration contract: once build_model dispatches on "dualres", load_checkpoint needs nothing else
-    import models.yolo
-    from utils.weights.checkpoints import load_checkpoint
-    original = models.yolo.build_model
-
-    def dispatching(cfg, nc=None, names=None):
-        if isinstance(cfg, dict) and "dualres" in cfg:
-            return DualResModel.from_cfg(cfg, names)
-        return original(cfg, nc=nc, names=names)
-
-    monkeypatch.setattr(models.yolo, "build_model", dispatching)
-    loaded, _ = load_checkpoint(path)
-    assert isinstance(loaded, DualResModel) and loaded.inner_threshold == 0.0

@@ -22,12 +22,12 @@ from utils.routing.dualres_cache import DualResSamples, collect_samples, gather_
 from utils.routing.dualres_trainer import (
     DualResOptions,
     DualResTrainer,
-    load_dualres_checkpoint,
     loss_curve_auc,
     samples_phi,
 )
 from utils.routing.gumbel import dualres_objective
 from utils.torch_utils import DistInfo
+from utils.weights.checkpoints import load_checkpoint
 from utils.train.loss import ComputeLoss, scale_loss_gains
 
 IMG, THUMB = 64, 32
@@ -163,7 +163,7 @@ def test_resume_continues_to_the_same_state(tmp_path: Path) -> None:
     first = trainer(copy.deepcopy(straight), tmp_path / "b")
     first.epochs = 1  # stopped after epoch 0 (the cosine still spans 3 epochs)
     first.fit()
-    model, info = load_dualres_checkpoint(tmp_path / "b" / "weights" / "last.pt")
+    model, info = load_checkpoint(tmp_path / "b" / "weights" / "last.pt")
     resumed = trainer(model, tmp_path / "b")
     resumed.restore(info["extra"])
     assert resumed.progress.epoch == 1
@@ -197,7 +197,7 @@ def test_checkpoint_stores_the_calibration_with_route_costs(tmp_path: Path) -> N
     model = dualres()
     t = DualResTrainer(model, options(epochs=1, latency_reps=1), toy_samples(), toy_samples(seed=1), tmp_path, CPU)
     t.fit()
-    _, info = load_dualres_checkpoint(tmp_path / "weights" / "best.pt")  # img_size stored with the model
+    _, info = load_checkpoint(tmp_path / "weights" / "best.pt")  # img_size stored with the model
     calib = info["thresholds"]
     assert len(calib["table"]) == 101 and calib["table"][0] == 1.0 and calib["table"][100] == 0.0
     assert calib["img_size"] == IMG and calib["n_images"] == 64 and info["img_size"] == IMG

@@ -44,10 +44,10 @@ from utils.routing.cache import epoch_batches
 from utils.routing.calibration import calibration_record
 from utils.routing.dualres_cache import DualResSamples
 from utils.routing.gumbel import DualResLoss, dualres_objective, gumbel_sigmoid
-from utils.routing.latency import inference_copy, route_latency
+from utils.routing.latency import route_costs
 from utils.torch_utils import DistInfo
 from utils.train.loop import EpochLoop, Progress, RunLog
-from utils.weights.checkpoints import load_strict, read_checkpoint, save_checkpoint
+from utils.weights.checkpoints import save_checkpoint
 
 LOGGER = logging.getLogger("dydet.train_router")
 SWEEP_PERCENTS = range(0, 101, 10)  # high-resolution shares of the validation loss curve
@@ -90,23 +90,6 @@ def loss_scale(opt: DualResOptions, samples: DualResSamples) -> float:
     return s if s > 0 else 1.0
 
 
-def router_gflops(router: nn.Module) -> float:
-    """Fused GFLOPs of the router on one thumbnail of its input size (the resize itself not counted)."""
-    from models.flops import route_gflops
-    return route_gflops(router, router.input_size)["all"]
-
-
-def route_costs(model: nn.Module, img_size: int, reps: int = 5) -> dict[str, float]:
-    """:func:`calibration_record` kwargs: GFLOPs (and batch-1 ms if ``reps``) of low (easy) and high (hard)."""
-    from models.flops import route_gflops
-    gflops = route_gflops(model, img_size)
-    costs = {"easy_gflops": gflops["easy"], "hard_gflops": gflops["hard"]}
-    if reps > 0:
-        ms = route_latency(inference_copy(model), img_size, reps=reps)
-        costs.update(easy_ms=ms["easy"], hard_ms=ms["hard"])
-    return costs
-
-
 @torch.no_grad()
 def samples_phi(router: nn.Module, samples: DualResSamples, device: torch.device) -> torch.Tensor:
     """φ of every sample (router in eval mode), float32 on the CPU."""
@@ -135,21 +118,6 @@ def loss_curve_auc(phi: torch.Tensor, samples: DualResSamples) -> float:
         return auc_policy([k / 100 for k in SWEEP_PERCENTS], [-v for v in losses])
     except ValueError:
         return float("nan")
-
-
-def load_dualres_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """(model, info) from a DualRes ``dydet-v1`` file, until ``load_checkpoint`` builds DualRes cfgs itself."""
-    from models.dualres import DualResModel
-    ckpt = read_checkpoint(path)
-    if not isinstance(ckpt, Mapping) or "dualres" not in (ckpt.get("cfg") or {}):
-        raise ValueError(f"{path} is not a DualRes checkpoint")
-    model = DualResModel.from_cfg(ckpt["cfg"], names=list(ckpt["names"]))
-    load_strict(model, ckpt["model"], source=str(path))
-    reserved = {"format", "model", "cfg", "names", "img_size", "thresholds", "meta"}
-    info = {"names": list(ckpt["names"]), "img_size": ckpt.get("img_size"),
-            "thresholds": dict(ckpt.get("thresholds") or {}),
-            "meta": dict(ckpt.get("meta") or {}), "extra": {k: v for k, v in ckpt.items() if k not in reserved}}
-    return model.to(device), info
 
 
 @dataclass
