@@ -74,7 +74,7 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     save_dir.mkdir(parents=True, exist_ok=True)
     sink = ResultWriter(save_dir, not opt.nosave, opt.save_txt, opt.save_conf, opt.view_img, opt.line_thickness,
                         opt.save_crop)
-    tally = Tally(threshold=detector.threshold, img_size=img_size)
+    tally = Tally(threshold=detector.threshold, img_size=img_size, route_names=detector.route_names)
     results = detector.stream(src, img_size=img_size, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
                               batch_size=opt.batch_size, classes=opt.classes, agnostic_nms=opt.agnostic_nms,
                               max_det=opt.max_det)

@@ -61,6 +61,11 @@ class DyDet:
         return bool(getattr(self.model, "is_dynamic", False))
 
     @property
+    def route_names(self) -> tuple[str, str]:
+        """What the two routes are called: ('easy', 'hard') for Dy models, ('low', 'high') for DualRes."""
+        return tuple(getattr(self.model, "route_names", ("easy", "hard")))
+
+    @property
     def stride(self) -> int:
         stride = getattr(self.model, "stride", None)
         return int(stride.max()) if stride is not None else 32
@@ -120,7 +125,7 @@ class DyDet:
                               agnostic_nms=agnostic_nms, max_det=max_det)
         size, shape = self._input_size(input_size(img_size, self.info))
         for batch in iter_batches(as_source(source), batch_size, size, self.stride, shape):
-            yield from batch_results(batch, predictor(batch.imgs, threshold), self.names)
+            yield from batch_results(batch, predictor(batch.imgs, threshold), self.names, self.route_names)
 
     def predict(self, source: Any, **kwargs: Any) -> list[Result]:
         """Detect objects in ``source``: a path, folder, glob, ``.txt`` list, video, webcam index or
@@ -152,7 +157,8 @@ class DyDet:
         return f"DyDet({self.info.get('path', '?')!r}, {len(self.names)} classes, {kind})"
 
 
-def batch_results(batch: Batch, pred: BatchPrediction, names: list[str]) -> list[Result]:
+def batch_results(batch: Batch, pred: BatchPrediction, names: list[str],
+                  route_names: tuple[str, str] = ("easy", "hard")) -> list[Result]:
     """:class:`Result` per image of a batch: boxes mapped back to the original images.
 
     Each image is charged an equal share of the batch's times (exact at batch size 1).
@@ -163,7 +169,7 @@ def batch_results(batch: Batch, pred: BatchPrediction, names: list[str]) -> list
     for i, (frame, ratio_pad) in enumerate(zip(batch.frames, batch.ratio_pads)):
         det = pred.dets[i].detach().float().cpu()
         boxes = to_original(det[:, :4], hw, (frame.img.shape[:2], ratio_pad))
-        route = None if pred.hard is None else ("hard" if bool(pred.hard[i]) else "easy")
+        route = None if pred.hard is None else route_names[int(bool(pred.hard[i]))]
         phi = None if pred.phi is None else float(pred.phi[i])
         results.append(Result(frame.path, frame.img, boxes.numpy(), det[:, 4].numpy(), det[:, 5].numpy(),
                               names, route, phi, dict(speed), frame.index, frame.fps))

@@ -1,4 +1,4 @@
-"""Stage 2 of DynamicDet: train the router of a stage-1 dynamic model on its frozen detectors.
+"""Train a router on frozen detectors: DynamicDet's (which detector) or DualRes's (which input size).
 
     python train_router.py --weights runs/train/exp/weights/best.pt --data data/demo/demo.yaml --img-size 192
     python train_router.py --weights dy-yolov7.pt --cfg dy-yolov7 --data coco.yaml     # official release
@@ -6,31 +6,39 @@
     python train_router.py --resume runs/train_router/exp/weights/last.pt
     python train_router.py --weights best.pt --data pets.yaml --img-size 640 --calibrate   # only re-calibrate
     torchrun --nproc_per_node 2 train_router.py --weights best.pt --data pets.yaml --device cpu
+    python train_router.py --router dualres --weights plain.pt --data pets.yaml       # DualRes around any detector
+    python train_router.py --router dualres --weights other.pt --router-from dualres.pt --data pets.yaml
 """
 from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from models.dualres import DualResModel
+from models.resolution_router import ROUTER_KINDS
 from models.zoo import zoo_cfg, zoo_entry
 from utils.cli import script_main
 from utils.data.config import hyp_for, load_data_config
 from utils.data.datasets import create_dataloader
-from utils.defaults import BATCH, IMG_SIZE, PROJECT, ROUTER, RUN_NAME, WORKERS
+from utils.defaults import BATCH, DUALRES, IMG_SIZE, PROJECT, ROUTER, RUN_NAME, WORKERS
 from utils.options import make_options, option, options_dict, parse_options
 from utils.paths import increment_path
 from utils.routing.calibration import calibration_record
+from utils.routing.dualres_cache import collect_samples as collect_dualres
+from utils.routing.dualres_cache import gather_samples as gather_dualres
+from utils.routing.dualres_setup import attach_router, detector_loss, wrap_detector
+from utils.routing.dualres_trainer import DualResOptions, DualResTrainer
 from utils.routing.latency import route_costs
 from utils.routing.loss import STRATEGIES, estimate_offset
 from utils.routing.trainer import RouterLoop, RouterTrainer, difficulty_scores, samples_on
 from utils.torch_utils import DistInfo, distributed_run, main_process_first, select_device, shared_run_dir
 from utils.train.loss import ComputeLoss, scale_loss_gains
 from utils.train.resume import STATE_KEYS, resume_options
-from utils.weights.checkpoints import load_checkpoint, save_checkpoint
+from utils.weights.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from utils.weights.downloads import attempt_download
 
 LOGGER = logging.getLogger("dydet.train_router")
@@ -40,24 +48,44 @@ LOGGER = logging.getLogger("dydet.train_router")
 class Options:
     """train_router.py's options (flags: ``--img-size`` for ``img_size`` ...)."""
 
-    weights: str = option("", "stage-1 dynamic checkpoint (ours, or an official one with --cfg)")
+    router: str = option("dynamicdet", "dynamicdet: DynamicDet's router of a Dy model (stage 2); dualres: a "
+                                       "resolution router around any trained detector", choices=["dynamicdet", "dualres"])
+    weights: str = option("", "dynamicdet: a stage-1 Dy checkpoint (ours, or an official one with --cfg); "
+                              "dualres: any detector checkpoint (plain or Dy)")
     cfg: str = option("", "architecture of an official DynamicDet checkpoint")
     data: str = option("", "data YAML (YOLOv7 or Ultralytics form)")
     hyp: str = option("", "hyperparameter YAML for the loss gains (default: by model family)")
-    epochs: int = option(ROUTER.epochs)
-    batch_size: int = option(BATCH["train_router"], "total batch size over all processes")
+    epochs: int | None = option(None, f"default {ROUTER.epochs} (dynamicdet), {DUALRES.epochs} (dualres)")
+    batch_size: int | None = option(None, f"total over all processes; default {BATCH['train_router']} "
+                                          f"(dynamicdet), {DUALRES.batch_size} (dualres)")
     img_size: int = option(IMG_SIZE)
     device: str = option("", "cpu, 0, 0,1 ... (default: CUDA 0 if available)")
     workers: int = option(WORKERS, "dataloader workers per process")
-    lr: float = option(ROUTER.lr, "AdamW learning rate (constant)")
-    weight_decay: float = option(ROUTER.weight_decay, "AdamW weight decay")
+    lr: float | None = option(None, f"dynamicdet: AdamW, constant, default {ROUTER.lr:g}; dualres: SGD, "
+                                    f"cosine, default {DUALRES.lr:g}")
+    weight_decay: float | None = option(None, f"default {ROUTER.weight_decay:g} (dynamicdet), "
+                                              f"{DUALRES.weight_decay:g} (dualres)")
     strategy: str = option("adaptive", "adaptive: Eq. 12 (paper); random, ap: baselines of paper Fig. 7",
                            choices=list(STRATEGIES))
     project: str = option(PROJECT["train_router"])
     name: str = option(RUN_NAME)
     exist_ok: bool = option(False, "reuse an existing run directory")
     resume: bool | str = option(False, "resume last.pt (or the latest run)", nargs="?", const=True, type=str)
-    seed: int = option(0, "shuffling and the 'random' strategy's labels")
+    seed: int = option(0, "shuffling, the 'random' strategy's labels and the Gumbel noise")
+    router_kind: str = option("thumb", "dualres: the router's feature extractor", choices=list(ROUTER_KINDS))
+    router_size: int | None = option(None, "dualres: the router's thumbnail size (default: 128 thumb, 224 MobileNet)")
+    router_weights: str | None = option(None, "dualres: a torchvision MobileNetV3 state_dict for the router")
+    router_from: str | None = option(None, "dualres: attach the trained router of this DualRes checkpoint "
+                                           "(no training; calibrated on --data's val images)")
+    scale: float = option(DUALRES.scale, "dualres: low resolution = scale x --img-size, rounded to the stride")
+    inner_threshold: float | None = option(None, "dualres around a Dy model: its routing threshold (default 0: "
+                                                 "always detector 2)")
+    tau: float = option(DUALRES.tau, "dualres: Gumbel-Softmax temperature")
+    gamma: float = option(DUALRES.gamma, "dualres: weight of the balance term (p - theta)^2")
+    theta: float = option(DUALRES.theta, "dualres: target share of high-resolution images")
+    momentum: float = option(DUALRES.momentum, "dualres: SGD Nesterov momentum")
+    normalize_losses: bool = option(True, "dualres: do not divide the losses by their mean gap",
+                                    flag="--no-normalize-losses")
     calibrate: bool = option(False, "no training: measure φ on the val images and the route costs on this "
                                     "machine, and write <run>/weights/calibrated.pt (the input is never modified)")
     save_dir: str | None = option(None, hidden=True)  # set by --resume / shared by torchrun processes
@@ -65,20 +93,28 @@ class Options:
 
 def run(options: Options | None = None, /, **kwargs) -> dict:
     """Train the router with train_router.py's options (an :class:`Options` or keywords); returns paths and metrics."""
-    opt = make_options(Options, options, **kwargs)
-    if opt.calibrate:
+    opt = _with_router_defaults(make_options(Options, options, **kwargs))
+    if opt.calibrate or opt.router_from:
         return calibrate(opt)
     resume_ckpt = None
     if opt.resume:
-        opt, resume_ckpt, _ = resume_options(opt, STATE_KEYS | {"delta"}, script="train_router.py")
-    return distributed_run(_train, opt, resume_ckpt)
+        opt, resume_ckpt, state = resume_options(opt, STATE_KEYS, script="train_router.py")
+        if not RESUME_KEYS[opt.router] <= set(state):
+            raise CheckpointError(f"--resume: {resume_ckpt} is not a train_router.py --router {opt.router} last.pt")
+    return distributed_run(ROUTERS[opt.router], opt, resume_ckpt)
+
+
+def _with_router_defaults(opt: Options) -> Options:
+    """Fill epochs, batch size, lr and weight decay left unset with the chosen router's defaults."""
+    own = ROUTER_DEFAULTS[opt.router]
+    return replace(opt, **{k: v for k, v in own.items() if getattr(opt, k) is None})
+
 
 def _train(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:
+    """DynamicDet's router (paper Sec. 3.3) on the frozen detectors of a stage-1 Dy model."""
     torch.manual_seed(opt.seed + max(dist_info.rank, 0))
     model, extra = _dynamic_model(opt, device, resume_ckpt)
-    data = load_data_config(opt.data)
-    if len(data.names) != model.nc:
-        raise ValueError(f"{opt.data} has {len(data.names)} classes, the model {model.nc}")
+    data = _data(opt, model)
     compute_loss = ComputeLoss(model, scale_loss_gains(hyp_for(model, opt.hyp), model.heads[0].nl, model.nc, opt.img_size))
     train_loader, val_loader = _loaders(opt, data, int(model.stride.max()), dist_info, model.nc)
     save_dir = shared_run_dir(opt, dist_info)
@@ -95,35 +131,96 @@ def _train(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt:
             "delta": delta, "metrics": metrics}
 
 
+def _train_dualres(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:
+    """A DualRes resolution router (paper Sec. 3.1.2) around a frozen detector."""
+    torch.manual_seed(opt.seed + max(dist_info.rank, 0))
+    model, extra = _dualres_model(opt, device, resume_ckpt)
+    data = _data(opt, model)
+    compute_loss = detector_loss(model, opt.img_size, opt.hyp)
+    train_loader, val_loader = _loaders(opt, data, int(model.stride.max()), dist_info, model.nc)
+    save_dir = shared_run_dir(opt, dist_info)
+    train = gather_dualres(collect_dualres(model, train_loader, compute_loss, device, "train: both resolutions",
+                                           dist_info.is_main), dist_info)
+    val = collect_dualres(model, val_loader, compute_loss, device, "val: both resolutions") if val_loader else None
+    loop = DualResOptions(epochs=opt.epochs, batch_size=opt.batch_size, lr=opt.lr, momentum=opt.momentum,
+                          weight_decay=opt.weight_decay, tau=opt.tau, gamma=opt.gamma, theta=opt.theta,
+                          normalize_losses=opt.normalize_losses, seed=opt.seed, img_size=opt.img_size)
+    trainer = DualResTrainer(model, loop, train, val, save_dir, device, dist_info, record=options_dict(opt))
+    if resume_ckpt is not None:
+        trainer.restore(extra)
+    metrics = trainer.fit()
+    return {"save_dir": save_dir, "last": save_dir / "weights" / "last.pt", "best": save_dir / "weights" / "best.pt",
+            "metrics": metrics}
+
+
+ROUTERS = {"dynamicdet": _train, "dualres": _train_dualres}
+ROUTER_DEFAULTS = {
+    "dynamicdet": {"epochs": ROUTER.epochs, "batch_size": BATCH["train_router"], "lr": ROUTER.lr,
+                   "weight_decay": ROUTER.weight_decay},
+    "dualres": {"epochs": DUALRES.epochs, "batch_size": DUALRES.batch_size, "lr": DUALRES.lr,
+                "weight_decay": DUALRES.weight_decay},
+}
+RESUME_KEYS = {"dynamicdet": frozenset({"delta"}), "dualres": frozenset({"scheduler", "loss_scale"})}
+
+
+def _data(opt: Options, model: torch.nn.Module):
+    data = load_data_config(opt.data)
+    if len(data.names) != model.nc:
+        raise ValueError(f"{opt.data} has {len(data.names)} classes, the model {model.nc}")
+    return data
+
+
 def calibrate(opt: Options) -> dict:
-    """Routing calibration of --weights on --data's val split, saved as a new checkpoint."""
+    """Routing calibration of --weights (or of --weights with --router-from's router) on --data's
+    val split, saved as a new checkpoint."""
     device = select_device(opt.device)
-    model, _ = _dynamic_model(opt, device, None)
+    if opt.router_from:
+        model = attach_router(_load(opt, opt.weights, device)[0], opt.router_from, opt.inner_threshold)
+    else:
+        model, _ = _dynamic_model(opt, device, None)
     data = load_data_config(opt.data, require=("val",))
     phi = difficulty_scores(model, _val_loader(opt, data, int(model.stride.max()), model.nc), device, "val φ")
     calib = calibration_record(phi, img_size=opt.img_size, **route_costs(model, opt.img_size))
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     out = save_dir / "weights" / "calibrated.pt"
-    meta = {"stage": "calibrated", "calibrated_from": str(opt.weights), "calibration_data": str(opt.data)}
+    meta = {"stage": "calibrated", "calibrated_from": str(opt.weights), "calibration_data": str(opt.data),
+            "router_from": str(opt.router_from) if opt.router_from else None}
     save_checkpoint(out, model, names=model.names, img_size=opt.img_size, thresholds=calib, meta=meta)
     LOGGER.info("calibration on %d images (route latencies easy %.1f ms, hard %.1f ms) saved to %s",
                 len(phi), calib["latency_ms"]["easy"], calib["latency_ms"]["hard"], out)
     return {"save_dir": save_dir, "calibrated": out, "thresholds": calib}
 
 
-def _dynamic_model(opt: Options, device: torch.device, resume_ckpt: Path | None) -> tuple[torch.nn.Module, dict]:
-    """The stage-1 model from --weights (or the interrupted run's last.pt), checked to be dynamic."""
-    path = resume_ckpt or opt.weights
+def _load(opt: Options, path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """A checkpoint from a path or zoo name (downloaded when missing)."""
     if not path:
-        raise ValueError("give --weights: a stage-1 checkpoint of a dynamic (dy-*) model")
+        raise ValueError("give --weights: a trained detector checkpoint")
     if not Path(path).is_file() and zoo_entry(path) is None:
         raise FileNotFoundError(f"--weights: checkpoint {path} not found")
-    path = attempt_download(path)  # zoo names: found locally or downloaded
-    model, info = load_checkpoint(path, cfg=opt.cfg or zoo_cfg(path), device=device)
+    path = attempt_download(path)
+    return load_checkpoint(path, cfg=opt.cfg or zoo_cfg(path), device=device)
+
+
+def _dynamic_model(opt: Options, device: torch.device, resume_ckpt: Path | None) -> tuple[torch.nn.Module, dict]:
+    """The model from --weights (or the interrupted run's last.pt), checked to have a router."""
+    model, info = _load(opt, resume_ckpt or opt.weights, device)
     if not getattr(model, "is_dynamic", False):
-        raise ValueError(f"{path} holds a plain (non-dynamic) detector; train_router.py needs a Dy model "
-                         "(a stage-1 checkpoint of a dy-* config)")
+        raise ValueError(f"{resume_ckpt or opt.weights} holds a plain (non-dynamic) detector; train_router.py needs "
+                         "a Dy model (a stage-1 checkpoint of a dy-* config), or --router dualres")
+    if isinstance(model, DualResModel) and opt.router == "dynamicdet" and not opt.calibrate:
+        raise ValueError(f"{opt.weights} is a DualRes model; train its router with --router dualres")
     return model, info["extra"] if resume_ckpt is not None else {}
+
+
+def _dualres_model(opt: Options, device: torch.device, resume_ckpt: Path | None) -> tuple[DualResModel, dict]:
+    """A new DualRes router around --weights' detector, or the interrupted run's model."""
+    if resume_ckpt is not None:
+        model, info = _load(opt, resume_ckpt, device)
+        return model, info["extra"]
+    detector, _ = _load(opt, opt.weights, device)
+    model = wrap_detector(detector, kind=opt.router_kind, router_size=opt.router_size,
+                          router_weights=opt.router_weights, scale=opt.scale, inner_threshold=opt.inner_threshold)
+    return model.to(device), {}
 
 
 def _loaders(opt, data, stride: int, dist_info: DistInfo, nc: int):

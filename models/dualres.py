@@ -40,6 +40,7 @@ class DualResModel(nn.Module):
     """Router + frozen detector at two resolutions; see the module docstring."""
 
     is_dynamic = True
+    route_names = ("low", "high")  # the two input resolutions
 
     def __init__(self, detector: nn.Module, router: ResolutionRouter, scale: float = 0.5,
                  threshold: float = 0.5, inner_threshold: float | None = None) -> None:

@@ -56,6 +56,7 @@ class DyModel(DetectorBase):
     """Dy-YOLOv7 family model built from a config with a ``dynamic`` section."""
 
     is_dynamic = True
+    route_names = ("easy", "hard")  # detector 1 only / both detectors
 
     def __init__(self, cfg: dict, names: list[str] | None = None) -> None:
         super().__init__(cfg, names)

@@ -160,3 +160,66 @@ def test_two_process_router_training_with_torchrun(stage1: dict, tmp_path: Path)
     assert any(not torch.equal(before[k], ckpt["model"][k]) for k in before if k.startswith("router."))
     assert all(torch.equal(before[k], ckpt["model"][k]) for k in before if not k.startswith("router."))
     assert _epochs_logged(tmp_path / "ddp") == [0]
+
+
+# ---- DualRes: --router dualres ---------------------------------------------------------------------
+def _dualres(stage1: dict, tmp_path: Path, name: str, **kw) -> dict:
+    return _run(stage1, tmp_path, name, **{"router": "dualres", "weights": str(stage1["plain"]), "lr": 3e-2,
+                                           "epochs": 2, **kw})
+
+
+def test_dualres_router_trains_around_a_frozen_plain_detector(stage1: dict, tmp_path: Path) -> None:
+    from models.dualres import DualResModel
+    before = read_checkpoint(stage1["plain"])["model"]
+    out = _dualres(stage1, tmp_path, "dr")
+    model, info = load_checkpoint(out["last"])
+    assert isinstance(model, DualResModel) and model.scale == 0.5 and model.router.kind == "thumb"
+    state = read_checkpoint(out["last"])["model"]
+    assert all(torch.equal(state[f"detector.{k}"], v) for k, v in before.items())  # weights and BN stats
+    calib = info["thresholds"]
+    assert len(calib["table"]) == 101 and calib["gflops"]["easy"] < calib["gflops"]["hard"]
+    assert info["img_size"] == IMG and _epochs_logged(out["save_dir"]) == [0, 1]
+    opts = info["extra"]["train_opt"]
+    assert opts["router"] == "dualres" and opts["epochs"] == 2 and opts["weight_decay"] == pytest.approx(3.6e-4)
+
+
+def test_dualres_resume_continues_to_the_same_state(stage1: dict, tmp_path: Path, monkeypatch) -> None:
+    from utils.routing.dualres_trainer import DualResTrainer
+    straight = _dualres(stage1, tmp_path, "straight", epochs=3)
+    original = DualResTrainer.end_epoch
+
+    def end_then_die(self, epoch, *args):
+        out = original(self, epoch, *args)
+        if epoch == 0:
+            raise KeyboardInterrupt  # killed right after saving epoch 0
+        return out
+    monkeypatch.setattr(DualResTrainer, "end_epoch", end_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _dualres(stage1, tmp_path, "killed", epochs=3)
+    monkeypatch.setattr(DualResTrainer, "end_epoch", original)
+    resumed = train_router.run(resume=str(tmp_path / "killed" / "weights" / "last.pt"))
+    a, b = (read_checkpoint(r["last"]) for r in (straight, resumed))
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, msg=k)
+    assert _epochs_logged(tmp_path / "killed") == [0, 1, 2]
+
+
+def test_router_from_attaches_a_trained_router_without_training(stage1: dict, tmp_path: Path) -> None:
+    trained = _dualres(stage1, tmp_path, "src")
+    torch.manual_seed(1)
+    other = save_checkpoint(tmp_path / "other.pt", build_model("yolov7-tiny", names=NAMES), names=NAMES)
+    out = _run(stage1, tmp_path, "attached", router="dualres", weights=str(other), router_from=str(trained["last"]))
+    model, info = load_checkpoint(out["calibrated"])
+    src, _ = load_checkpoint(trained["last"])
+    for k, v in src.router.state_dict().items():
+        assert torch.equal(model.router.state_dict()[k], v), k
+    for k, v in read_checkpoint(other)["model"].items():
+        assert torch.equal(read_checkpoint(out["calibrated"])["model"][f"detector.{k}"], v), k
+    assert info["meta"]["router_from"] == str(trained["last"]) and len(info["thresholds"]["table"]) == 101
+    with pytest.raises(ValueError, match="not a DualRes checkpoint"):
+        _run(stage1, tmp_path, "bad", router="dualres", weights=str(other), router_from=str(other))
+
+
+def test_dynamicdet_router_on_a_plain_model_points_to_dualres(stage1: dict, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--router dualres"):
+        _run(stage1, tmp_path, "plain", weights=str(stage1["plain"]))

@@ -56,3 +56,25 @@ class RouterTraining:
 
 
 ROUTER = RouterTraining()
+
+
+@dataclass(frozen=True)
+class DualResTraining:
+    """The DualRes router (paper Sec. 3.1.2): SGD with Nesterov momentum, cosine lr, 40 epochs.
+
+    The paper gives no values for the Gumbel temperature τ, the balance weight γ or the target
+    high-resolution share θ; these are ours.
+    """
+
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 3.2e-4
+    momentum: float = 0.8
+    weight_decay: float = 3.6e-4
+    tau: float = 1.0
+    gamma: float = 10.0
+    theta: float = 0.5
+    scale: float = 0.5  # low resolution = scale x the detector's input size (rounded to the stride)
+
+
+DUALRES = DualResTraining()

@@ -83,7 +83,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "default" in text or default in (None, "", False, argparse.SUPPRESS) or action.required:
+        if "default" in text or default in (None, "", False, argparse.SUPPRESS) or action.required or action.nargs == 0:
             return text
         return f"{text} (default: %(default)s)".strip()
 

@@ -35,9 +35,10 @@ class RoutingStats:
     avg_gflops: float
     detector1: dict[str, float] | None = None
     detector2: dict[str, float] | None = None
+    route_names: tuple[str, str] = ("easy", "hard")  # ('low', 'high') for DualRes
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"easy": self.easy, "hard": self.hard, "avg_gflops": self.avg_gflops}
+        out = {"easy": self.easy, "hard": self.hard, "avg_gflops": self.avg_gflops, "route_names": list(self.route_names)}
         out.update({k: v for k, v in (("detector1", self.detector1), ("detector2", self.detector2)) if v})
         return out
 
@@ -89,10 +90,11 @@ class EvalResult:
                      f"{s['nms']:.1f} ms NMS per image")
         if self.routing is not None:
             r = self.routing
-            lines.append(f"Routing: {r.easy} easy, {r.hard} hard, {r.avg_gflops:.2f} GFLOPs per image on average")
-            for key, d in (("detector1", r.detector1), ("detector2", r.detector2)):
+            easy, hard = r.route_names
+            lines.append(f"Routing: {r.easy} {easy}, {r.hard} {hard}, {r.avg_gflops:.2f} GFLOPs per image on average")
+            for key, name, d in (("detector1", easy, r.detector1), ("detector2", hard, r.detector2)):
                 if d:
-                    lines.append(f"  {key}: mAP@.5 {d['map50']:.3f}, mAP@.5:.95 {d['map']:.3f}")
+                    lines.append(f"  {key} ({name} route): mAP@.5 {d['map50']:.3f}, mAP@.5:.95 {d['map']:.3f}")
         return "\n".join(lines)
 
 
@@ -127,7 +129,7 @@ def evaluate(model: Any, loader, names: list[str], *, conf_thres: float = VAL.co
     streams = {"all": DetectionStats(names)}
     if _scores_both(model):  # ONNX exports: routed results only
         streams.update(detector1=DetectionStats(names), detector2=DetectionStats(names))
-    acc = _Accumulator()
+    acc = _Accumulator(route_names=tuple(getattr(model, "route_names", ("easy", "hard"))))
     for b, (imgs, labels, paths, shapes) in enumerate(tqdm(loader, desc="test", leave=False)):
         batch = _predict(predictor, imgs, threshold, time_routed)
         acc.add(streams, batch, imgs, labels, paths, shapes)
@@ -161,6 +163,7 @@ class _Accumulator:
     routes: list = field(default_factory=list)
     phis: list = field(default_factory=list)
     pixels: int = 0
+    route_names: tuple[str, str] = ("easy", "hard")
     paths: list = field(default_factory=list)
     predictions: list = field(default_factory=list)
 
@@ -202,7 +205,7 @@ class _Accumulator:
         n_hard = int(torch.cat(self.routes).sum())
         avg = (gflops.get("easy", 0) * (n - n_hard) + gflops.get("hard", 0) * n_hard) / max(n, 1) * scale
         own = {k: {s: streams[k].compute()[s] for s in SCORES} for k in ("detector1", "detector2") if k in streams}
-        return RoutingStats(n - n_hard, n_hard, avg, own.get("detector1"), own.get("detector2"))
+        return RoutingStats(n - n_hard, n_hard, avg, own.get("detector1"), own.get("detector2"), self.route_names)
 
 
 def _plot_batch(imgs, labels, paths, dets, names, save_dir: Path, b: int) -> None:

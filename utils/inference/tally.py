@@ -15,6 +15,7 @@ class Tally:
 
     threshold: float | None = None
     img_size: int | None = None
+    route_names: tuple[str, str] = ("easy", "hard")
     images: int = 0
     frames: int = 0
     routes: dict[str, int] = field(default_factory=dict)
@@ -37,7 +38,7 @@ class Tally:
         n = max(self.images + self.frames, 1)
         return {
             "images": self.images, "frames": self.frames,
-            "easy": self.routes.get("easy", 0), "hard": self.routes.get("hard", 0),
+            **{k: self.routes.get(k, 0) for k in self.route_names}, "route_names": list(self.route_names),
             "threshold": self.threshold, "img_size": self.img_size,
             "ms_per_route": {k: self.route_ms[k] / c for k, c in self.routes.items()},
             "ms_per_stage": {k: v / n for k, v in self.stage_ms.items()},
@@ -50,7 +51,8 @@ def print_summary(s: dict) -> None:
     print(f"Done: {s['images']} images and {s['frames']} video frames in {s['seconds']:.1f} s")
     per = s["ms_per_route"]
     if s["threshold"] is not None:
-        routes = ", ".join(f"{s[k]} {k}" + (f" ({per[k]:.1f} ms each)" if k in per else "") for k in ("easy", "hard"))
+        routes = ", ".join(f"{s[k]} {k}" + (f" ({per[k]:.1f} ms each)" if k in per else "")
+                           for k in s["route_names"])
         print(f"Routing (threshold {s['threshold']:.4g}): {routes}")
     stages = s["ms_per_stage"]
     if stages:

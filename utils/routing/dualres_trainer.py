@@ -5,8 +5,8 @@ Each image's thumbnail and detection losses at both resolutions are computed onc
 logits -> binary Gumbel-Softmax decisions g (straight-through) -> the objective
 mean[g L_high + (1 - g) L_low] + γ (p - θ)² (:mod:`utils.routing.gumbel`). Optimiser as in
 the paper: SGD with Nesterov momentum 0.8, lr 3.2e-4 with a per-epoch cosine schedule, weight
-decay 3.6e-4, 40 epochs. The paper gives no values for τ, γ, θ; the defaults here are τ = 1,
-θ = 0.5, γ = 10.
+decay 3.6e-4, 40 epochs. The paper gives no values for τ, γ, θ; the defaults (utils/defaults.py)
+are τ = 1, θ = 0.5, γ = 10.
 
 Loss normalisation (``normalize_losses``, on by default; not in the paper): both losses are
 divided by s = mean |L_low - L_high| over the training images before entering the objective.
@@ -39,6 +39,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from utils.defaults import DUALRES
 from utils.evaluation.metrics import auc_policy
 from utils.routing.cache import epoch_batches
 from utils.routing.calibration import calibration_record
@@ -58,16 +59,16 @@ EVAL_CHUNK = 256  # thumbnails per router call when scoring
 class DualResOptions:
     """Router training options (paper defaults for the optimiser; see the module doc for τ, γ, θ)."""
 
-    epochs: int = 40
-    batch_size: int = 64  # total over all processes
-    lr: float = 3.2e-4
-    momentum: float = 0.8
+    epochs: int = DUALRES.epochs
+    batch_size: int = DUALRES.batch_size  # total over all processes
+    lr: float = DUALRES.lr
+    momentum: float = DUALRES.momentum
     nesterov: bool = True
-    weight_decay: float = 3.6e-4
-    tau: float = 1.0  # Gumbel-Softmax temperature
-    gamma: float = 10.0  # balance weight γ
+    weight_decay: float = DUALRES.weight_decay
+    tau: float = DUALRES.tau  # Gumbel-Softmax temperature
+    gamma: float = DUALRES.gamma  # balance weight γ
     normalize_losses: bool = True  # divide L_low, L_high by mean |L_low - L_high| of the training images
-    theta: float = 0.5  # target share of high-resolution images
+    theta: float = DUALRES.theta  # target share of high-resolution images
     seed: int = 0
     img_size: int = 640  # network input size (route costs, calibration record)
     latency_reps: int = 5  # batch-1 latency repetitions per route (0: GFLOPs only)
@@ -140,6 +141,7 @@ class DualResTrainer(EpochLoop):
     dist: DistInfo = field(default_factory=DistInfo)
     progress: Progress = field(default_factory=Progress)
     costs: dict | None = None  # calibration_record kwargs; measured on the main process when None
+    record: dict | None = None  # the run's full options (train_router.py's), stored for --resume
 
     def __post_init__(self) -> None:
         self.save_dir = Path(self.save_dir)
@@ -234,7 +236,7 @@ class DualResTrainer(EpochLoop):
         meta = {"epoch": epoch, "stage": "dualres-router", "loss_scale": self.loss_scale, "run": str(self.save_dir)}
         extra = {"epoch": epoch, "best_fitness": self.progress.best_fitness, "loss_scale": self.loss_scale,
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "train_opt": asdict(self.opt)}
+                 "train_opt": self.record if self.record is not None else asdict(self.opt)}
         kw = {"names": self.model.names, "img_size": self.opt.img_size, "thresholds": calib, "meta": meta}
         save_checkpoint(self.wdir / "last.pt", self.model, extra=extra, **kw)
         if improved:
