@@ -70,11 +70,14 @@ class DualResModel(nn.Module):
                 "detector": det}
 
     @classmethod
-    def from_cfg(cls, cfg: dict, names: list[str] | None = None) -> "DualResModel":
-        """A freshly initialised model from :attr:`cfg` (load the checkpoint's state_dict after)."""
+    def from_cfg(cls, cfg: dict, names: list[str] | None = None, nc: int | None = None) -> "DualResModel":
+        """A freshly initialised model from :attr:`cfg` (load the checkpoint's state_dict after).
+
+        ``cfg['detector']`` is the detector's config (a dict, or a config name in a YAML file).
+        """
         from models.yolo import build_model  # lazy: models.yolo may dispatch here
         spec = dict(cfg["dualres"])
-        detector = build_model(cfg["detector"], names=names)
+        detector = build_model(cfg["detector"], nc=nc, names=names)
         return cls(detector, ResolutionRouter(**spec["router"]), scale=spec["scale"],
                    threshold=spec.get("threshold", 0.5), inner_threshold=spec.get("inner_threshold"))
 

@@ -44,7 +44,7 @@ def build_model(cfg: str | Path | dict, nc: int | None = None, names: list[str] 
         d.pop("names", None)
     if "dualres" in d:
         from models.dualres import DualResModel
-        return DualResModel.from_cfg(d, names)
+        return DualResModel.from_cfg(d, names, nc)
     if "dynamic" in d:
         from models.dynamic import DyModel
         return DyModel(d, names)
@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(summary))
         return
     print(f"{model.cfg.get('name', opt.cfg)}: {summary['params']:,} parameters, {model.nc} classes")
+    labels = dict(zip(("easy", "hard"), getattr(model, "route_names", ("easy", "hard"))))
     for route, g in summary["gflops"].items():
-        print(f"  {route:>5} route: {g:8.2f} GFLOPs at {opt.img_size}x{opt.img_size} (fused)")
+        print(f"  {labels.get(route, route):>5} route: {g:8.2f} GFLOPs at {opt.img_size}x{opt.img_size} (fused)")
     if "router_gflops" in summary:
         print(f"  router: {summary['router_gflops']:.6f} GFLOPs, {summary['router_params']:,} parameters")
 

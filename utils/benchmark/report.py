@@ -77,6 +77,9 @@ def router_table(configs: Sequence[Mapping]) -> list[str]:
         r = c.get("router_training")
         if not r:
             continue
+        if r.get("status", "ok") != "ok":
+            notes.append(f"`{c['cfg']}` @ {c['img_size']}: {r['status']}")
+            continue
         m = r["metrics"]
         for b, s in r["steps"].items():
             rows.append([f"`{c['cfg']}`", str(r["img_size"]), str(b), _ms(s), _num(m["images_per_s"][b], 2),
@@ -87,9 +90,9 @@ def router_table(configs: Sequence[Mapping]) -> list[str]:
             notes.append(f"`{c['cfg']}` @ {r['img_size']}: the one-off sample pass (frozen detectors and their "
                          f"losses, once per image) runs at {rates}.")
     header = ["config", "img", "batch", "step ms", "images/s", "vs batch 1"]
-    if not rows:
+    if not rows and not notes:
         return []
-    return ["## Router training", ""] + _table(header, rows) + ([""] + notes if notes else [])
+    return ["## Router training", ""] + (_table(header, rows) if rows else []) + ([""] + notes if notes else [])
 
 
 def goals_table(goals: Sequence[Mapping]) -> list[str]:

@@ -36,6 +36,8 @@ def batch_sizes(router_batch: int) -> list[int]:
 
 def router_section(bench) -> dict:
     """Median step time and images/s at each batch size, the speed-up over batch 1, and the pass."""
+    if not hasattr(bench.model, "backbone1"):
+        return {"status": "skipped: router-training throughput is measured for DynamicDet routers only"}
     sizes = batch_sizes(bench.opt.router_batch)
     n = max(sizes)
     with tempfile.TemporaryDirectory(prefix="dydet-bench-router-") as tmp:

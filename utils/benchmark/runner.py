@@ -38,9 +38,13 @@ from utils.weights.checkpoints import git_hash
 
 
 def plain_counterpart(cfg: str) -> str | None:
-    """The plain config a dynamic config is built on (its ``base:`` key), as a path."""
+    """The plain config a dynamic config is built on (a Dy config's ``base:``, a DualRes config's
+    ``detector:``), as a path or config name."""
     path = find_cfg(cfg)
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if "dualres" in raw and isinstance(raw.get("detector"), str):
+        inner = raw["detector"]
+        return plain_counterpart(inner) or str(find_cfg(inner))
     return str(path.parent / raw["base"]) if "dynamic" in raw and raw.get("base") else None
 
 
@@ -113,8 +117,9 @@ def split_batch(model: torch.nn.Module, batch: int, img_size: int, device: torch
     g = torch.Generator().manual_seed(0)
     scale = torch.linspace(0.2, 1.0, batch).view(-1, 1, 1, 1)
     x = (torch.rand(batch, 3, img_size, img_size, generator=g) * scale).to(device)
+    output = [m for m in model.router.modules() if isinstance(m, torch.nn.Linear)][-1]  # Dy or DualRes router
     with torch.no_grad():
-        model.router.layer2.weight.mul_(1e3)
+        output.weight.mul_(1e3)
     phi = model.difficulty(x).float().cpu()
     s = phi.sort().values
     k = batch - batch // 2  # images at or below the threshold stay easy
