@@ -117,7 +117,7 @@ def split_batch(model: torch.nn.Module, batch: int, img_size: int, device: torch
     g = torch.Generator().manual_seed(0)
     scale = torch.linspace(0.2, 1.0, batch).view(-1, 1, 1, 1)
     x = (torch.rand(batch, 3, img_size, img_size, generator=g) * scale).to(device)
-    output = [m for m in model.router.modules() if isinstance(m, torch.nn.Linear)][-1]  # Dy or DualRes router
+    output = [m for m in model.router.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]  # its last layer
     with torch.no_grad():
         output.weight.mul_(1e3)
     phi = model.difficulty(x).float().cpu()
