@@ -14,38 +14,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
-from tqdm import tqdm
 
+from utils.routing.samples import SampleTable, collect
 from utils.torch_utils import DistInfo
 from utils.train.loss import ComputeLoss
 
 
 @dataclass
-class RouterSamples:
-    """Per image: pooled router input (N, d), detector losses L1, L2 (N,) and the file path."""
+class RouterSamples(SampleTable):
+    """Per image: pooled router input (N, d), detector losses L1, L2 (N,) and the file path (``keys``)."""
 
     pooled: torch.Tensor
     l1: torch.Tensor
     l2: torch.Tensor
     keys: list[str]
 
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def subset(self, idx: torch.Tensor) -> RouterSamples:
-        """The samples at positions ``idx`` (in that order)."""
-        return RouterSamples(self.pooled[idx], self.l1[idx], self.l2[idx], [self.keys[i] for i in idx.tolist()])
-
     @property
     def names(self) -> list[str]:
         """File names (the per-image keys of the 'random' strategy)."""
         return [Path(k).name for k in self.keys]
-
-
-def _to_batch(imgs: torch.Tensor, targets: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return imgs.to(device, non_blocking=True).float() / 255.0, targets.to(device)
 
 
 @torch.no_grad()
@@ -63,31 +51,12 @@ def batch_samples(model: nn.Module, imgs: torch.Tensor, targets: torch.Tensor,
 def collect_samples(model: nn.Module, loader, compute_loss: ComputeLoss, device: torch.device,
                     desc: str = "", show: bool = True) -> RouterSamples:
     """The samples of every image ``loader`` yields (this process's share under DDP), on the CPU."""
-    parts, keys = [], []
-    for imgs, targets, paths, _ in tqdm(loader, desc=desc, disable=not show, leave=False):
-        parts.append([t.cpu() for t in batch_samples(model, *_to_batch(imgs, targets, device), compute_loss)])
-        keys += [str(p) for p in paths]
-    if not parts:
-        raise ValueError(f"{desc or 'loader'}: no images")
-    pooled, l1, l2 = (torch.cat(t) for t in zip(*parts))
-    return RouterSamples(pooled, l1, l2, keys)
+    return collect(RouterSamples, loader, lambda x, t: batch_samples(model, x, t, compute_loss), device, desc, show)
 
 
 def gather_samples(samples: RouterSamples, info: DistInfo) -> RouterSamples:
     """Every process's samples in one table, each image once, ordered by path (the same on all ranks)."""
-    if info.rank >= 0:
-        shares: list = [None] * info.world_size
-        dist.all_gather_object(shares, samples)
-    else:
-        shares = [samples]
-    rows: dict[str, tuple[RouterSamples, int]] = {}
-    for share in shares:
-        for i, key in enumerate(share.keys):
-            rows.setdefault(key, (share, i))  # DistributedSampler pads a share with repeats
-    order = sorted(rows)
-    pick = [rows[k] for k in order]
-    return RouterSamples(torch.stack([s.pooled[i] for s, i in pick]), torch.stack([s.l1[i] for s, i in pick]),
-                         torch.stack([s.l2[i] for s, i in pick]), order)
+    return samples.gather(info)
 
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, info: DistInfo) -> list[torch.Tensor]:

@@ -22,30 +22,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
-from tqdm import tqdm
 
 from models.dynamic import route_mask
+from utils.routing.samples import SampleTable, collect
 from utils.torch_utils import DistInfo
 from utils.train.loss import ComputeLoss
 
 
 @dataclass
-class DualResSamples:
+class DualResSamples(SampleTable):
     """Per image: router thumbnail (N, 3, s, s) uint8, L_low and L_high (N,), and its key (path)."""
 
     thumbs: torch.Tensor
     l_low: torch.Tensor
     l_high: torch.Tensor
     keys: list[str]
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def subset(self, idx: torch.Tensor) -> "DualResSamples":
-        """The samples at positions ``idx`` (in that order)."""
-        return DualResSamples(self.thumbs[idx], self.l_low[idx], self.l_high[idx], [self.keys[i] for i in idx.tolist()])
 
     def images(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """The thumbnails as float in [0, 1] on ``device``."""
@@ -99,27 +91,9 @@ def batch_samples(model: nn.Module, imgs: torch.Tensor, targets: torch.Tensor,
 def collect_samples(model: nn.Module, loader, compute_loss: ComputeLoss, device: torch.device,
                     desc: str = "", show: bool = True) -> DualResSamples:
     """The samples of every image ``loader`` yields (this process's share under DDP), on the CPU."""
-    parts, keys = [], []
-    for imgs, targets, paths, _ in tqdm(loader, desc=desc, disable=not show, leave=False):
-        x = imgs.to(device, non_blocking=True).float() / 255.0
-        parts.append([t.cpu() for t in batch_samples(model, x, targets.to(device), compute_loss)])
-        keys += [str(p) for p in paths]
-    if not parts:
-        raise ValueError(f"{desc or 'loader'}: no images")
-    thumbs, l_low, l_high = (torch.cat(t) for t in zip(*parts))
-    return DualResSamples(thumbs, l_low, l_high, keys)
+    return collect(DualResSamples, loader, lambda x, t: batch_samples(model, x, t, compute_loss), device, desc, show)
 
 
 def gather_samples(samples: DualResSamples, info: DistInfo) -> DualResSamples:
     """Every process's samples in one table, each image once, ordered by key (the same on all ranks)."""
-    shares: list = [None] * info.world_size if info.rank >= 0 else [samples]
-    if info.rank >= 0:
-        dist.all_gather_object(shares, samples)
-    rows: dict[str, tuple[DualResSamples, int]] = {}
-    for share in shares:
-        for i, key in enumerate(share.keys):
-            rows.setdefault(key, (share, i))  # DistributedSampler pads a share with repeats
-    order = sorted(rows)
-    pick = [rows[k] for k in order]
-    return DualResSamples(torch.stack([s.thumbs[i] for s, i in pick]), torch.stack([s.l_low[i] for s, i in pick]),
-                          torch.stack([s.l_high[i] for s, i in pick]), order)
+    return samples.gather(info)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from models.zoo import zoo_cfg, zoo_entry
+from models.zoo import zoo_entry
 from utils.defaults import IMG_SIZE
 from utils.torch_utils import select_device
 from utils.weights.checkpoints import load_checkpoint
@@ -36,8 +36,9 @@ def load_model(weights: str | Path, cfg: str | None = None, device: str | torch.
         model = OnnxModel(weights, device=dev)
         return model, model.info
     path = attempt_download(weights)
-    model, info = load_checkpoint(path, cfg=cfg or zoo_cfg(path), nc=nc, device=dev)
     entry = zoo_entry(path)
+    release_cfg = entry.cfg if entry is not None and entry.url else None  # shipped files carry their own
+    model, info = load_checkpoint(path, cfg=cfg or release_cfg, nc=nc, device=dev)
     if not info.get("img_size") and entry is not None:
         info["img_size"] = entry.img_size  # official releases: their training size
     return model, info
