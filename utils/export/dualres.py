@@ -4,8 +4,8 @@ The ONNX graph runs the resolution router on the images, then one ``If``: the hi
 the detector on the full input, the low route downsamples it, runs the same detector and scales
 its boxes back to input pixels (rows padded to N_high with zero objectness), both exactly as
 :class:`models.dualres.DualResModel`. The detector is traced once per input size; its weights,
-alike in both traces, are stored once in the outer graph and read by both branches
-(:mod:`utils.export.shared_weights`). A batch other than a static 1 routes per image, as the Dy
+alike in both traces, end up once in the outer graph, read by both branches
+(:func:`utils.export.shared_weights.share_duplicates`, run on every exported model). A batch other than a static 1 routes per image, as the Dy
 export does (:func:`utils.export.onnx_graph.route_batched`). Routes keep the Dy names: easy =
 low resolution, hard = high.
 """
@@ -26,13 +26,9 @@ from utils.export.onnx_graph import (
     threshold_mask,
     trace_stage,
 )
-from utils.export.shared_weights import share_initializers
 
 if TYPE_CHECKING:
     from utils.export.exporters import ExportOptions
-
-SHARED = "detector"  # name prefix of the weights both resolutions read
-
 
 def is_dualres(model: torch.nn.Module) -> bool:
     return isinstance(model, DualResModel)
@@ -44,7 +40,6 @@ def dualres_routed(b: Builder, model: DualResModel, x: torch.Tensor, opt: Export
     router = trace_stage(model.router, (x,), "router", opt.opset, opt.dynamic_batch)
     low = trace_stage(DualResRoute(model, "low"), (x,), "low", opt.opset, dyn)
     high = trace_stage(DualResRoute(model, "high"), (x,), "high", opt.opset, dyn)
-    b.weights.extend(share_initializers([low, high], SHARED))
     phi = b.inline(router, [IMAGES], "router")[0]
     hard = threshold_mask(b, phi, None if opt.thres_input else opt.threshold)
     shape = [opt.batch_dim, model.n_predictions(opt.img_size), int(model.heads[-1].no)]
