@@ -62,7 +62,7 @@ class DualResModel(nn.Module):
     # ---- description --------------------------------------------------------------------
     @property
     def cfg(self) -> dict:
-        """Plain dict that rebuilds this model (:meth:`from_cfg`); ``nc`` and ``name`` at top level."""
+        """Plain dict that rebuilds this model (``build_model(cfg)``); ``nc`` and ``name`` at top level."""
         det = dict(self.detector.cfg)
         return {"name": f"dualres-{det.get('name', 'detector')}", "nc": int(det["nc"]),
                 "dualres": {"router": self.router.cfg, "scale": self.scale, "threshold": self.threshold,
@@ -70,14 +70,10 @@ class DualResModel(nn.Module):
                 "detector": det}
 
     @classmethod
-    def from_cfg(cls, cfg: dict, names: list[str] | None = None, nc: int | None = None) -> "DualResModel":
-        """A freshly initialised model from :attr:`cfg` (load the checkpoint's state_dict after).
-
-        ``cfg['detector']`` is the detector's config (a dict, or a config name in a YAML file).
-        """
-        from models.yolo import build_model  # lazy: models.yolo may dispatch here
+    def from_cfg(cls, cfg: dict, detector: nn.Module) -> "DualResModel":
+        """A freshly initialised router from :attr:`cfg` around ``detector`` (built from
+        ``cfg['detector']`` by :func:`models.yolo.build_model`); load the checkpoint's state_dict after."""
         spec = dict(cfg["dualres"])
-        detector = build_model(cfg["detector"], nc=nc, names=names)
         return cls(detector, ResolutionRouter(**spec["router"]), scale=spec["scale"],
                    threshold=spec.get("threshold", 0.5), inner_threshold=spec.get("inner_threshold"))
 

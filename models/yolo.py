@@ -44,7 +44,7 @@ def build_model(cfg: str | Path | dict, nc: int | None = None, names: list[str] 
         d.pop("names", None)
     if "dualres" in d:
         from models.dualres import DualResModel
-        return DualResModel.from_cfg(d, names, nc)
+        return DualResModel.from_cfg(d, build_model(d["detector"], nc=nc, names=names))
     if "dynamic" in d:
         from models.dynamic import DyModel
         return DyModel(d, names)

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference"
+REFERENCE = REPO / "tests" / "reference"  # official checkpoints' key -> shape manifests
 
 
 def reference_keys(name: str) -> dict[str, list[int]]:
-    """Official checkpoint key -> shape manifest, or skip when shared/ is not beside the repo."""
+    """Official checkpoint key -> shape manifest (shipped in tests/reference/)."""
     path = REFERENCE / f"{name}.official-keys.json"
     if not path.is_file():
-        pytest.skip(f"reference manifest {path} not available (shared/ must sit beside the repo)")
+        pytest.fail(f"reference manifest {path} is missing")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
