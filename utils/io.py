@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["append_csv", "atomic_write", "atomic_write_bytes", "atomic_write_text", "file_mode",
-           "fsync_dir", "read_csv", "truncate_csv"]
+           "fsync_path", "read_csv", "truncate_csv"]
 
 
 def file_mode() -> int:
@@ -26,10 +26,11 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def fsync_dir(directory: Path) -> None:
-    """Persist a rename in ``directory`` (best effort: not every platform supports it)."""
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (a rename in it), to disk (best effort: not every
+    platform supports it for folders)."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -38,11 +39,6 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any],
@@ -62,12 +58,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any],
         write(tmp)
         if check is not None:
             check(tmp)
-        _fsync_file(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
     return path
 
 

@@ -1,0 +1,48 @@
+"""utils/benchmark/peak.py: measured GEMM peaks are positive, checked and labelled."""
+from __future__ import annotations
+
+import pytest
+
+from utils import cpu
+from utils.benchmark import peak
+
+N = 192
+
+
+def test_fp32_gemm() -> None:
+    r = peak.gemm_float("fp32", n=N, threads=1, reps=2, warmup=1)
+    assert r.status == "ok" and r.backend == "torch.mm" and r.threads == 1 and r.n == N
+    assert r.gflops_best >= r.gflops_median > 0 and len(r.times_ms) == 2
+
+
+def test_bf16_only_with_native_bf16(monkeypatch) -> None:
+    if cpu.cpu_info().bf16:
+        r = peak.gemm_float("bf16", n=N, threads=1, reps=2, warmup=1)
+        assert r.status == "ok" and r.gflops_best > 0
+    monkeypatch.setattr(cpu, "cpu_info", lambda: cpu.CpuInfo(name="no bf16", flags=frozenset({"avx2"})))
+    monkeypatch.setattr(peak, "cpu_info", cpu.cpu_info)
+    r = peak.gemm_float("bf16", n=N, threads=1)
+    assert r.status.startswith("skipped") and "avx512_bf16" in r.status and r.gflops_best is None
+
+
+@pytest.mark.parametrize("backend", peak.INT8_BACKENDS)
+def test_int8_gemm_backends(backend: str) -> None:
+    r = peak.gemm_int8(backend, n=N, threads=1, reps=2, warmup=1)
+    if r.status != "ok":  # a backend may be missing here; it must say so
+        assert r.status.startswith("unavailable") and r.gflops_best is None
+        if backend in ("torch._int_mm", "onnxruntime"):
+            pytest.fail(f"{backend} should be available: {r.status}")
+        return
+    assert r.gflops_best > 0 and "8" in r.computes
+    with pytest.raises(ValueError, match="int8 backend"):
+        peak.gemm_int8("numpy", n=N)
+
+
+def test_measured_peaks_summary() -> None:
+    res = peak.measured_peaks(threads=1, n=N, reps=2, warmup=1, int8_backends=("torch._int_mm", "onnxruntime"))
+    assert res["threads"] == 1 and res["fp32"]["measured"] > 0 and res["fp32"]["backend"] == "torch.mm"
+    assert res["int8"]["measured"] == max(r["gflops_best"] for r in res["int8"]["results"] if r["status"] == "ok")
+    theory = res["fp32"]["theoretical"]
+    assert theory["cores"] == 1 and (theory["gflops"] is None or res["fp32"]["fraction_of_theoretical"] > 0)
+    assert peak.fraction(50.0, 200.0) == 0.25 and peak.fraction(None, 1.0) is None
+    assert peak.route_gflops_per_s(13.7, 100.0) == pytest.approx(137.0)
