@@ -4,6 +4,7 @@
     python export.py --weights best.pt --route easy                       # static single-route ONNX
     python export.py --weights best.pt --dynamic-batch --end2end          # per-image routing + NMS in graph
     python export.py --weights dy-yolov7.pt --include onnx torchscript
+    python export.py --weights best.pt --include openvino --int8 --data pets.yaml   # OpenVINO fp32 + INT8
 """
 from __future__ import annotations
 
@@ -42,7 +43,11 @@ class Options:
     iou_thres: float = option(PREDICT.iou_thres, "end2end: NMS IoU threshold")
     conf_thres: float = option(PREDICT.conf_thres, "end2end: score threshold")
     simplify: bool = option(False, "simplify with onnxslim (or onnxsim)")
-    include: list[str] = option(["onnx"], f"formats: {' and/or '.join(FORMATS)}")
+    include: list[str] = option(["onnx"], f"formats: any of {', '.join(FORMATS)}")
+    int8: bool = option(False, "also write an INT8 copy (OpenVINO with NNCF; ONNX Runtime QDQ for a single-route "
+                               "ONNX export), calibrated on --data's images through both routes")
+    data: str | None = option(None, "--int8: data YAML (its train images) or an image folder to calibrate on")
+    int8_images: int = option(300, "--int8: calibration images")
     opset: int = option(DEFAULT_OPSET)
     device: str = option("cpu", "cpu or a CUDA index for tracing")
     output: str | None = option(None, "output path (suffix set per format)")
@@ -57,6 +62,8 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     """
     opt = make_options(Options, options, **kwargs)
     include = _check_formats(opt.include, opt.end2end, opt.simplify)
+    if opt.int8 and not opt.data:
+        raise ValueError("--int8 needs --data: a data YAML or image folder to calibrate on")
     if is_onnx(opt.weights):
         raise ValueError(f"{opt.weights} is already an ONNX export; pass the PyTorch weights")
     model, info = load_model(opt.weights, cfg=opt.cfg, device=opt.device)
@@ -68,7 +75,8 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
                          conf_thres=opt.conf_thres, opset=opt.opset)
     spec.check(model)
     out = export_model(model, info, spec, _output_base(opt.output, info, spec), include=tuple(include),
-                       simplify_graph=opt.simplify, atol=opt.atol)
+                       simplify_graph=opt.simplify, atol=opt.atol, int8_calibration=opt.data if opt.int8 else None,
+                       int8_images=opt.int8_images)
     return {"threshold": threshold, "options": spec, **out}
 
 
@@ -76,8 +84,8 @@ def _check_formats(include, end2end: bool, simplify_graph: bool) -> list[str]:
     include = [str(f).lower() for f in ([include] if isinstance(include, str) else include)]
     unknown = sorted(set(include) - set(FORMATS))
     if unknown or not include:
-        raise ValueError(f"--include takes {' and/or '.join(FORMATS)}, got {include}")
-    if (end2end or simplify_graph) and "onnx" not in include:
+        raise ValueError(f"--include takes any of {', '.join(FORMATS)}, got {include}")
+    if (end2end or simplify_graph) and not {"onnx", "openvino"} & set(include):
         raise ValueError("--end2end and --simplify apply to ONNX exports; add --include onnx")
     return include
 

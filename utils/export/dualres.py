@@ -4,10 +4,11 @@ The ONNX graph runs the resolution router on the images, then one ``If``: the hi
 the detector on the full input, the low route downsamples it, runs the same detector and scales
 its boxes back to input pixels (rows padded to N_high with zero objectness), both exactly as
 :class:`models.dualres.DualResModel`. The detector is traced once per input size; its weights,
-alike in both traces, end up once in the outer graph, read by both branches
-(:func:`utils.export.shared_weights.share_duplicates`, run on every exported model). A batch other than a static 1 routes per image, as the Dy
-export does (:func:`utils.export.onnx_graph.route_batched`). Routes keep the Dy names: easy =
-low resolution, hard = high.
+alike in both traces, end up once in the outer graph and both branches read them
+(:func:`utils.export.shared_weights.share_duplicates`, run on every exported model). A batch
+other than a static 1 routes per image, as the Dy export does
+(:func:`utils.export.onnx_graph.route_batched`). Routes keep the Dy names: easy = low
+resolution, hard = high.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from utils.export.onnx_graph import (
 
 if TYPE_CHECKING:
     from utils.export.exporters import ExportOptions
+
 
 def is_dualres(model: torch.nn.Module) -> bool:
     return isinstance(model, DualResModel)

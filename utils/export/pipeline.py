@@ -20,23 +20,65 @@ from utils.export.parity import ScriptBackend, parity
 from utils.io import atomic_write
 
 LOGGER = logging.getLogger("dydet.export")
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "openvino")
 
 
 def export_model(model: torch.nn.Module, info: dict, opt: ExportOptions, base: Path, *,
-                 include: tuple[str, ...] = ("onnx",), simplify_graph: bool = False, atol: float = 1e-3) -> dict:
-    """Write ``base`` + ``.onnx`` / ``.torchscript`` for each format in ``include`` and check parity.
+                 include: tuple[str, ...] = ("onnx",), simplify_graph: bool = False, atol: float = 1e-3,
+                 int8_calibration=None, int8_images: int = 300) -> dict:
+    """Write ``base`` + ``.onnx`` / ``.torchscript`` / ``_openvino/`` for each format in ``include``
+    and check parity; with ``int8_calibration`` (images, a folder or a data YAML) also the INT8
+    versions (``_int8_openvino/``, ``-int8.onnx``) of the ONNX and OpenVINO exports.
 
-    Returns ``{format: path, 'diff': {format: {route: max abs diff}}}``; a difference above
-    ``atol`` raises RuntimeError (the file stays, for inspection).
+    Returns ``{format: path, 'diff': {format: {route: max abs diff}}}``; an fp32 difference
+    above ``atol`` raises RuntimeError (the file stays, for inspection). INT8 files are compared
+    with PyTorch too and their differences reported, not checked: INT8 is judged by accuracy.
     """
     out: dict = {"diff": {}}
-    if "onnx" in include:
-        out["onnx"], out["diff"]["onnx"] = export_onnx(model, info, opt, base.with_suffix(".onnx"), simplify_graph)
+    onnx_path = base.with_suffix(".onnx")
+    if "onnx" in include or "openvino" in include:  # OpenVINO converts the ONNX file
+        out["onnx"], out["diff"]["onnx"] = export_onnx(model, info, opt, onnx_path, simplify_graph)
     if "torchscript" in include:
         out["torchscript"], out["diff"]["torchscript"] = export_torchscript(model, info, opt,
                                                                             base.with_suffix(".torchscript"))
+    if "openvino" in include:
+        out["openvino"], out["diff"]["openvino"] = export_openvino_ir(model, opt, onnx_path)
     _check_parity(out["diff"], atol)
+    if int8_calibration is not None:
+        out.update(export_int8(model, opt, out, int8_calibration, int8_images))
+    return out
+
+
+def export_openvino_ir(model: torch.nn.Module, opt: ExportOptions, onnx_path: Path) -> tuple[Path, dict]:
+    """``<name>_openvino/`` from the ONNX file (route kept as one If), compared with PyTorch."""
+    from utils.export.openvino import OpenVinoModel, export_openvino
+    t0 = time.perf_counter()
+    folder = export_openvino(onnx_path)
+    print(f"OpenVINO: {folder} ({time.perf_counter() - t0:.1f} s)")
+    diffs = parity(OpenVinoModel(folder), model, opt, threshold_free=opt.thres_input, end2end=opt.end2end)
+    _report("max |OpenVINO - PyTorch|", diffs)
+    return folder, diffs
+
+
+def export_int8(model: torch.nn.Module, opt: ExportOptions, written: dict, calibration, n: int) -> dict:
+    """INT8 copies of the written ONNX / OpenVINO exports, calibrated on ``calibration`` images."""
+    from utils.export.quantize import quantize_onnx, quantize_openvino
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # one line per operation otherwise
+    out: dict = {}
+    if "openvino" in written:
+        from utils.export.openvino import OpenVinoModel
+        out["openvino_int8"] = quantize_openvino(written["openvino"], calibration, n=n)
+        backend = OpenVinoModel(out["openvino_int8"])
+    elif "onnx" in written:
+        out["onnx_int8"] = quantize_onnx(written["onnx"], calibration, n=n)
+        backend = OnnxModel(out["onnx_int8"])
+    else:
+        raise ValueError("--int8 quantizes an ONNX or OpenVINO export; add --include onnx or openvino")
+    key = next(iter(out))
+    print(f"INT8: {out[key]}")
+    diffs = parity(backend, model, opt, threshold_free=opt.thres_input, end2end=opt.end2end)
+    _report("max |INT8 - PyTorch fp32| (not checked: INT8 is judged by its accuracy)", diffs)
+    written["diff"][key] = diffs
     return out
 
 
