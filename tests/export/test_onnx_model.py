@@ -41,6 +41,7 @@ def test_metadata_round_trip(exported: dict) -> None:
     assert torch.equal(model.stride, ref.stride) and model.img_size == (SIZE, SIZE) and model.batch is None
     assert model.is_dynamic and model.threshold == ref.threshold and model.threshold_input
     assert not model.end2end and model.fused and set(model.gflops) == {"easy", "hard"}
+    assert model.kind == "dy" and model.route_names == ("easy", "hard") == ref.route_names
     stored = read_checkpoint(exported["pt"])["thresholds"]
     assert json.loads(json.dumps(stored)) == info["thresholds"]  # the calibration table travels along
     assert info["meta"]["export"]["dynamic_batch"] and info["meta"]["export"]["source"] == str(exported["pt"])

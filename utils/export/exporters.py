@@ -3,7 +3,9 @@
 The dynamic ONNX graph runs backbone 1 and the router, then one conditional: detector 1's neck
 and head for an easy image, backbone 2 and detector 2 for a hard one. A graph with a static
 batch of 1 holds a single ``If``; any other batch routes per image (easy and hard subsets, each
-detector run only when its subset is not empty, rows merged back in input order).
+detector run only when its subset is not empty, rows merged back in input order). DualRes
+models get the same structure with the router first and the two input resolutions as the routes
+(:mod:`utils.export.dualres`).
 """
 from __future__ import annotations
 
@@ -12,11 +14,11 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from onnx import TensorProto
 
+from models.dualres_export import DualResSingleRoute
 from models.export_wrappers import (
     Detector2,
     Head1,
@@ -26,6 +28,12 @@ from models.export_wrappers import (
     Stage1,
     stage_inputs,
 )
+from utils.export.dualres import (
+    dualres_metadata,
+    dualres_routed,
+    dualres_script,
+    is_dualres,
+)
 from utils.export.onnx_graph import (
     DEFAULT_OPSET,
     IMAGES,
@@ -34,12 +42,13 @@ from utils.export.onnx_graph import (
     finish,
     nms,
     route_batched,
-    route_mask,
     route_single,
     tensor_info,
+    threshold_mask,
     trace_stage,
 )
 from utils.export.onnx_model import FORMAT
+from utils.export.shared_weights import share_duplicates
 from utils.io import atomic_write
 
 ROUTES = ("both", "easy", "hard")
@@ -89,6 +98,8 @@ class ExportOptions:
 
 def pred_shape(model: torch.nn.Module, hw: tuple[int, int]) -> tuple[int, int]:
     """(N, 5 + nc) of one image's decoded predictions at input size ``hw``."""
+    if is_dualres(model):
+        return model.n_predictions(hw), int(model.heads[-1].no)
     head = model.heads[0]
     cells = sum((hw[0] // int(s)) * (hw[1] // int(s)) for s in head.stride)
     return head.na * cells, head.no
@@ -110,12 +121,12 @@ def onnx_graph(model: torch.nn.Module, opt: ExportOptions, metadata: dict) -> on
     images = tensor_info(IMAGES, TensorProto.FLOAT, [opt.batch_dim, 3, *opt.img_size])
     inputs, outputs = [images], {}
     if model.is_dynamic and opt.route == "both":
-        pred, phi, hard, shape = _routed(b, model, x, opt)
+        pred, phi, hard, shape = (dualres_routed if is_dualres(model) else _routed)(b, model, x, opt)
         if opt.thres_input:
             inputs.append(tensor_info(THRESHOLD, TensorProto.FLOAT, []))
         outputs.update(phi=(phi, TensorProto.FLOAT, [opt.batch_dim]), hard=(hard, TensorProto.BOOL, [opt.batch_dim]))
     else:
-        module = SingleRoute(model, opt.route) if model.is_dynamic else model
+        module = single_route(model, opt.route) if model.is_dynamic else model
         stage = trace_stage(module, (x,), "model", opt.opset, opt.dynamic_batch)
         names = b.inline(stage, [IMAGES], "model")
         pred, shape = names[0], [opt.batch_dim, *pred_shape(model, opt.img_size)]
@@ -126,7 +137,7 @@ def onnx_graph(model: torch.nn.Module, opt: ExportOptions, metadata: dict) -> on
         outputs = {"dets": (dets, TensorProto.FLOAT, [None, 7]), **outputs}
     else:
         outputs = {"pred": (pred, TensorProto.FLOAT, shape), **outputs}
-    return finish(b, inputs, outputs, opt.opset, metadata)
+    return share_duplicates(finish(b, inputs, outputs, opt.opset, metadata))
 
 
 def _routed(b: Builder, model: torch.nn.Module, x: torch.Tensor, opt: ExportOptions) -> tuple:
@@ -141,21 +152,28 @@ def _routed(b: Builder, model: torch.nn.Module, x: torch.Tensor, opt: ExportOpti
     det2 = trace_stage(Detector2(model), tuple(feats[i] for i in index2), "det2", opt.opset, dyn)
     names = b.inline(stage1, [IMAGES], "stage1")
     phi, feats = names[0], names[1:]
-    if not opt.thres_input:
-        b.weights.append(onnx.numpy_helper.from_array(np.asarray(opt.threshold, np.float32), THRESHOLD))
-    hard = route_mask(b, phi, THRESHOLD)
+    hard = threshold_mask(b, phi, None if opt.thres_input else opt.threshold)
     shape = [opt.batch_dim, *pred_shape(model, opt.img_size)]
     route = route_batched if opt.batched else route_single
     pred = route(b, hard, head1, det2, [feats[i] for i in index1], [feats[i] for i in index2], shape)
     return pred, phi, hard, shape
 
 
+def single_route(model: torch.nn.Module, route: str) -> torch.nn.Module:
+    """A dynamic model with its route fixed: ``x -> (pred, phi)``."""
+    return DualResSingleRoute(model, route) if is_dualres(model) else SingleRoute(model, route)
+
+
 def onnx_metadata(model: torch.nn.Module, opt: ExportOptions, info: dict, gflops: dict | None = None) -> dict:
     """What :class:`utils.export.onnx_model.OnnxModel` needs to behave like the PyTorch model."""
     routed = model.is_dynamic and opt.route == "both"
     nms_opts = {k: getattr(opt, k) for k in ("conf_thres", "iou_thres", "topk_all")} if opt.end2end else None
+    kind = {"kind": "dy" if model.is_dynamic else "plain", "route_names": list(getattr(model, "route_names", ()))}
+    if is_dualres(model):
+        kind = dualres_metadata(model, opt)
     return {
         "format": FORMAT,
+        **kind,
         "names": list(model.names),
         "stride": [float(s) for s in model.stride],
         "img_size": list(opt.img_size),
@@ -192,6 +210,7 @@ def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
         if not ok:
             raise RuntimeError("onnxsim could not validate the simplified model")
     try:
+        out = share_duplicates(out)  # onnxslim may copy an outer weight into each branch reading it
         onnx.checker.check_model(out, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         reason = str(e).strip().splitlines()[-1][:300]
@@ -214,8 +233,10 @@ def torchscript_module(model: torch.nn.Module, opt: ExportOptions) -> torch.jit.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notices
         if not (model.is_dynamic and opt.route == "both"):
-            module = SingleRoute(model, opt.route) if model.is_dynamic else model
+            module = single_route(model, opt.route) if model.is_dynamic else model
             return torch.jit.trace(module.eval(), (x,), check_trace=False)
+        if is_dualres(model):
+            return dualres_script(model, x, opt.threshold)
         index1, index2 = stage_inputs(model)
         stage1 = torch.jit.trace(Stage1(model).eval(), (x,), check_trace=False)
         feats = stage1(x)[1:]

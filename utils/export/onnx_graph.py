@@ -3,7 +3,9 @@
 Each stage (:mod:`models.export_wrappers`) is traced on its own with the TorchScript-based
 exporter, then its nodes are copied ("inlined") into the branches of ``If`` nodes. A stage's
 weights live in the one branch that runs it, so a route reads only its own weights and the
-file holds every weight once.
+file holds every weight once; weights that two branches hold alike (DualRes: one detector at two
+sizes) are then moved to the outer graph, once, and both branches read them there
+(:mod:`utils.export.shared_weights`).
 """
 from __future__ import annotations
 
@@ -142,6 +144,14 @@ def route_mask(b: Builder, phi: str, thr: str) -> str:
     return b.op("And", above, b.op("Less", thr, one))
 
 
+def threshold_mask(b: Builder, phi: str, built_in: float | None) -> str:
+    """:func:`route_mask` against the ``threshold`` input, or against ``built_in`` stored under
+    that name when the graph has the threshold built in."""
+    if built_in is not None:
+        b.weights.append(numpy_helper.from_array(np.asarray(built_in, np.float32), THRESHOLD))
+    return route_mask(b, phi, THRESHOLD)
+
+
 def _branch_graph(b: Builder, stage: Stage, inputs: Sequence[str], tag: str, shape: Sequence,
                   gather: str | None = None) -> onnx.GraphProto:
     """A branch running ``stage`` (with its weights) on outer-scope ``inputs``.
@@ -162,18 +172,20 @@ def _empty_graph(b: Builder, shape: Sequence[int], tag: str) -> onnx.GraphProto:
 
 
 def route_single(b: Builder, hard: str, head1: Stage, det2: Stage, feats1: Sequence[str],
-                 feats2: Sequence[str], shape: Sequence) -> str:
-    """Batch 1: one If on the image's route; returns the prediction's name."""
+                 feats2: Sequence[str], shape: Sequence, tags: tuple[str, str] = ("head1", "det2")) -> str:
+    """Batch 1: one If on the image's route; returns the prediction's name. ``tags`` prefix the
+    easy and the hard branch's value names."""
     pred = f"pred_{next(b.counter)}"
-    b.branch([pred], _branch_graph(b, det2, feats2, "det2", shape),
-             _branch_graph(b, head1, feats1, "head1", shape), hard)
+    b.branch([pred], _branch_graph(b, det2, feats2, tags[1], shape),
+             _branch_graph(b, head1, feats1, tags[0], shape), hard)
     return pred
 
 
 def route_batched(b: Builder, hard: str, head1: Stage, det2: Stage, feats1: Sequence[str],
-                  feats2: Sequence[str], shape: Sequence) -> str:
+                  feats2: Sequence[str], shape: Sequence, tags: tuple[str, str] = ("head1", "det2")) -> str:
     """Any batch: detector 1 on the easy images and detector 2 on the hard ones, each run only
-    when the batch has such images, then the rows are put back in input order."""
+    when the batch has such images, then the rows are put back in input order (``tags`` as in
+    :func:`route_single`)."""
     per_image = list(shape[1:])
     idx = {}
     for key, mask in (("easy", b.op("Not", hard)), ("hard", hard)):
@@ -182,7 +194,7 @@ def route_batched(b: Builder, hard: str, head1: Stage, det2: Stage, feats1: Sequ
     for key, stage, feats in (("easy", head1, feats1), ("hard", det2, feats2)):
         pred = f"pred_{key}_{next(b.counter)}"
         present = b.op("Greater", b.op("Size", idx[key]), b.const(0, np.int64))
-        tag = "head1" if key == "easy" else "det2"
+        tag = tags[0] if key == "easy" else tags[1]
         b.branch([pred], _branch_graph(b, stage, feats, tag, [None, *per_image], gather=idx[key]),
                  _empty_graph(b, per_image, f"no_{key}"), present)
         preds.append(pred)

@@ -5,6 +5,8 @@ for a dynamic export (``threshold`` fed to the graph when it takes one), a predi
 otherwise. End-to-end exports (NMS in the graph) return per-image detections (k, 6) =
 [x1, y1, x2, y2, score, cls] in place of the prediction tensor; :class:`utils.inference.predictor.Predictor`
 then skips its own NMS. A graph with a static batch runs any batch in padded chunks.
+``kind`` says what was exported (``dy``, ``dualres`` or ``plain``) and ``route_names`` what its
+two routes are called (``('low', 'high')`` for DualRes), as the PyTorch models' attribute.
 """
 from __future__ import annotations
 
@@ -57,6 +59,8 @@ class OnnxModel:
         self.img_size = tuple(int(v) for v in meta["img_size"])
         self.batch = meta["batch"]
         self.is_dynamic = bool(meta["dynamic"])
+        self.kind = str(meta.get("kind") or ("dy" if self.is_dynamic else "plain"))  # older files: no kind
+        self.route_names = tuple(meta.get("route_names") or ("easy", "hard"))  # ('low', 'high') for DualRes
         self.route = meta["route"]
         self.threshold = meta["threshold"]
         self.threshold_input = bool(meta["threshold_input"])
