@@ -16,9 +16,9 @@ import onnx
 
 from utils.cli import script_main
 from utils.defaults import PREDICT
-from utils.export.exporters import ExportOptions
 from utils.export.onnx_graph import DEFAULT_OPSET
 from utils.export.pipeline import FORMATS, export_model
+from utils.export.spec import ExportOptions
 from utils.options import make_options, option, parse_options
 from utils.routing.calibration import resolve_threshold
 from utils.weights.backends import input_size, is_onnx, load_model

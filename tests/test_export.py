@@ -15,7 +15,6 @@ import export
 from models.yolo import build_model
 from tests.conftest import randomize_bn
 from utils.export.exporters import (
-    ExportOptions,
     example_images,
     onnx_graph,
     onnx_metadata,
@@ -24,6 +23,7 @@ from utils.export.exporters import (
 from utils.export.onnx_graph import Builder, finish, nms, tensor_info
 from utils.export.onnx_model import OnnxModel
 from utils.export.parity import difference, parity, probe_images
+from utils.export.spec import ExportOptions
 from utils.inference.nms import non_max_suppression
 from utils.inference.predictor import Predictor
 from utils.routing.calibration import calibration_record, table_threshold

@@ -16,10 +16,11 @@ from models.resolution_router import ResolutionRouter
 from models.yolo import build_model
 from tests.conftest import randomize_bn
 from tests.test_export import fused, one_thread  # noqa: F401 (autouse fixture)
-from utils.export.exporters import ExportOptions, example_images
+from utils.export.exporters import example_images
 from utils.export.onnx_model import OnnxModel
 from utils.export.parity import difference, probe_images
 from utils.export.shared_weights import all_graphs, content_key, share_duplicates
+from utils.export.spec import ExportOptions
 from utils.inference.predictor import Predictor
 from utils.routing.calibration import calibration_record
 from utils.weights.backends import load_model

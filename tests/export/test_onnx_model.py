@@ -16,9 +16,9 @@ from tests.test_export import SIZE, checkpoint, fused, one_thread  # noqa: F401 
 from utils.data.config import load_data_config
 from utils.data.datasets import create_dataloader
 from utils.evaluation.evaluate import evaluate
-from utils.export.exporters import ExportOptions
 from utils.export.onnx_model import OnnxModel
 from utils.export.parity import difference, probe_images
+from utils.export.spec import ExportOptions
 from utils.inference.predictor import Predictor
 from utils.weights.backends import load_model
 from utils.weights.checkpoints import read_checkpoint

@@ -15,8 +15,8 @@ import torch
 
 from utils.benchmark.stats import onnx_metrics, summarize
 from utils.benchmark.timing import interleaved, prepare
-from utils.export.exporters import ExportOptions
 from utils.export.pipeline import export_model
+from utils.export.spec import ExportOptions
 
 EXPORTS = {"dynamic": "both", "static_easy": "easy", "static_hard": "hard"}
 

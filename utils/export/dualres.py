@@ -29,7 +29,7 @@ from utils.export.onnx_graph import (
 )
 
 if TYPE_CHECKING:
-    from utils.export.exporters import ExportOptions
+    from utils.export.spec import ExportOptions
 
 
 def is_dualres(model: torch.nn.Module) -> bool:

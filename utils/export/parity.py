@@ -15,7 +15,8 @@ from typing import NamedTuple
 import torch
 
 from models.dynamic import DyOutput
-from utils.export.exporters import ExportOptions, example_images
+from utils.export.exporters import example_images
+from utils.export.spec import ExportOptions
 from utils.inference.nms import non_max_suppression
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from models.flops import route_gflops
-from utils.export.exporters import ExportOptions, onnx_graph, onnx_metadata, save_onnx, simplify, torchscript_module
+from utils.export.exporters import onnx_graph, onnx_metadata, save_onnx, simplify, torchscript_module
 from utils.export.onnx_model import OnnxModel
 from utils.export.parity import ScriptBackend, parity
+from utils.export.spec import ExportOptions
 from utils.io import atomic_write
 
 LOGGER = logging.getLogger("dydet.export")
