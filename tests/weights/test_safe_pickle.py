@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from tests.conftest import REFERENCE
 from utils.weights.safe_pickle import (
     CheckpointError,
     Stub,
@@ -27,17 +28,16 @@ from utils.weights.safe_pickle import (
     unsafe_globals,
 )
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
 FAKE_MODULES = ("models", "models.yolo", "models.common")
 BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked", "anchors", "anchor_grid")
 
 
 # ---- helpers shared with test_checkpoints.py ---------------------------------------------------
 def manifest(name: str) -> dict[str, list[int]]:
-    """name -> shape of an official checkpoint; skips the test if shared/reference is missing."""
+    """name -> shape of an official checkpoint (tests/reference/)."""
     path = REFERENCE / f"{name}.official-keys.json"
     if not path.is_file():
-        pytest.skip(f"reference key manifests not found at {REFERENCE} (expected shared/ beside the repo)")
+        pytest.fail(f"reference key manifest {path} is missing")
     return json.loads(path.read_text())
 
 
