@@ -1,0 +1,39 @@
+"""scripts/compare_routers.py: one table of the sweeps of several dynamic models."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import yaml
+
+from models.dualres import DualResModel
+from models.resolution_router import ResolutionRouter
+from models.yolo import build_model
+from tests.conftest import REPO, make_dataset, tiny_checkpoint
+from utils.weights.checkpoints import save_checkpoint
+
+NAMES = ["a", "b", "c"]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("compare_routers", REPO / "scripts" / "compare_routers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compares_a_dy_and_a_dualres_model(tmp_path: Path, capsys) -> None:
+    images = make_dataset(tmp_path / "data", n=6, nc=3)
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({"train": str(images), "val": str(images), "nc": 3, "names": NAMES}))
+    dy = tiny_checkpoint(tmp_path / "dy.pt")
+    model = DualResModel(build_model("yolov7-tiny", names=NAMES), ResolutionRouter("thumb", input_size=64), 0.5)
+    dr = save_checkpoint(tmp_path / "dr.pt", model, names=NAMES, img_size=64)
+    rows = _script().run(weights=[str(dy), str(dr)], data=str(data), img_size=64, device="cpu", workers=0,
+                         project=str(tmp_path / "runs"))
+    assert [r["routes"] for r in rows] == ["easy/hard", "low/high"]
+    for r in rows:
+        assert r["gflops"][0] < r["gflops"][1]  # the cheap route first
+    table = capsys.readouterr().out
+    assert "| `dy.pt` | easy/hard |" in table and "| `dr.pt` | low/high |" in table
+    assert (tmp_path / "runs" / "dr" / "sweep.csv").is_file()
