@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import yaml
@@ -18,6 +19,7 @@ NAMES = ["a", "b", "c"]
 def _script():
     spec = importlib.util.spec_from_file_location("compare_routers", REPO / "scripts" / "compare_routers.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
