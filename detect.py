@@ -33,7 +33,8 @@ LOGGER = logging.getLogger("dydet.detect")
 class Options:
     """detect.py's options (flags: ``--conf-thres`` for ``conf_thres`` ...)."""
 
-    weights: str = option(DEMO_WEIGHTS, "checkpoint (ours or official), zoo name or .onnx (default: the demo model)")
+    weights: str = option(DEMO_WEIGHTS, "checkpoint (ours or official), zoo name, .onnx or OpenVINO IR "
+                                                "(.xml or *_openvino/; default: the demo model)")
     source: str | None = option(None, "image, folder, glob, .txt list, video, webcam index, stream URL or "
                                       ".streams file (default: the sample images in data/images)")
     cfg: str | None = option(None, "architecture for official DynamicDet checkpoints, e.g. dy-yolov7")
@@ -48,6 +49,7 @@ class Options:
     target_latency: float | None = option(None, "choose the threshold for this latency (ms)")
     target_gflops: float | None = option(None, "choose the threshold for this average cost")
     batch_size: int = option(1, "images per forward pass")
+    half: bool = option(False, "half precision: fp16 on CUDA, bf16 on a CPU with AVX512_BF16/AMX (refused otherwise)")
     view_img: bool = option(False, "show results in a window (needs a display; q quits)")
     save_txt: bool = option(False, "write YOLO labels to <save dir>/labels/")
     save_conf: bool = option(False, "add the confidence to --save-txt labels")
@@ -65,7 +67,7 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     """Detect on ``source`` and save the outputs; returns the summary dict (see :class:`Tally`)."""
     opt = make_options(Options, options, **kwargs)
     src = open_source(DEMO_SOURCE if opt.source is None else opt.source)
-    detector = DyDet(opt.weights, cfg=opt.cfg, device=opt.device)
+    detector = DyDet(opt.weights, cfg=opt.cfg, device=opt.device, half=opt.half)
     img_size = opt.img_size or detector.img_size
     how = detector.set_threshold(opt.dy_thres, target_latency=opt.target_latency, target_gflops=opt.target_gflops,
                                  img_size=img_size)

@@ -20,7 +20,7 @@ import torch
 from utils.data.sources import Batch, as_source, iter_batches
 from utils.defaults import DEMO_WEIGHTS, PREDICT
 from utils.evaluation.evaluator import to_original
-from utils.inference.predictor import BatchPrediction, Predictor
+from utils.inference.predictor import BatchPrediction, Predictor, check_half
 from utils.inference.results import Result
 from utils.routing.calibration import resolve_threshold
 from utils.weights.backends import input_size, load_model
@@ -31,18 +31,22 @@ __all__ = ["DyDet"]
 
 
 class DyDet:
-    """A loaded detector (ours, an official release, a zoo name or an ``.onnx`` export).
+    """A loaded detector (ours, an official release, a zoo name, an ``.onnx`` or OpenVINO export).
 
     ``threshold`` is the routing threshold of dynamic models (an image is hard when φ >
     threshold); assign a number or 'pK' (K% hard, from the checkpoint's calibration).
     ``img_size`` is the input size used when a call gives none: the size the weights were
-    trained at (an export's own size), else 640.
+    trained at (an export's own size), else 640. ``half``: fp16 on CUDA, bf16 on a CPU that has
+    it natively (PyTorch autocast, or OpenVINO's bf16 precision for an IR); refused with a
+    ValueError on a CPU without AVX512_BF16/AMX.
     """
 
     def __init__(self, weights: str | Path = DEMO_WEIGHTS, cfg: str | None = None, device: str = "",
-                 fuse: bool = True) -> None:
-        self.model, self.info = load_model(weights, cfg=cfg, device=device)
+                 fuse: bool = True, half: bool = False) -> None:
+        self.half = bool(half)
+        self.model, self.info = load_model(weights, cfg=cfg, device=device, half=self.half)
         if isinstance(self.model, torch.nn.Module):
+            check_half(self.model, self.half)  # refused here, not at the first image
             self.model.eval()
             if fuse and hasattr(self.model, "optimize_for_inference"):
                 self.model.optimize_for_inference()  # fused, CPU fast path where it applies
@@ -122,7 +126,7 @@ class DyDet:
         :meth:`predict`); the way to consume webcams and streams, which never end by themselves."""
         threshold = self._threshold if dy_thres is None else self._resolve(dy_thres)[0]
         predictor = Predictor(self.model, conf_thres=conf_thres, iou_thres=iou_thres, classes=classes,
-                              agnostic_nms=agnostic_nms, max_det=max_det)
+                              agnostic_nms=agnostic_nms, max_det=max_det, half=self.half)
         size, shape = self._input_size(input_size(img_size, self.info))
         for batch in iter_batches(as_source(source), batch_size, size, self.stride, shape):
             yield from batch_results(batch, predictor(batch.imgs, threshold), self.names, self.route_names)

@@ -20,6 +20,7 @@ from utils.data.datasets import create_dataloader
 from utils.defaults import BATCH, PROJECT, RUN_NAME, VAL, WORKERS
 from utils.evaluation.evaluate import EvalResult, evaluate, gflops_or_empty
 from utils.evaluation.metrics import coco_json_predictions
+from utils.inference.predictor import check_half
 from utils.io import atomic_write_text
 from utils.options import make_options, option, parse_options
 from utils.paths import increment_path
@@ -34,7 +35,7 @@ LOGGER = logging.getLogger("dydet.test")
 class Options:
     """test.py's options (flags: ``--img-size`` for ``img_size`` ...)."""
 
-    weights: str = option(help="checkpoint (ours or official), zoo name or .onnx export to evaluate")
+    weights: str = option(help="checkpoint (ours or official), zoo name, .onnx export or OpenVINO IR (.xml or *_openvino/) to evaluate")
     data: str = option(help="data YAML")
     cfg: str | None = option(None, "architecture for official checkpoints, e.g. dy-yolov7")
     img_size: int | None = option(None, "inference size (default: the size the weights were trained at, else 640)")
@@ -55,6 +56,7 @@ class Options:
     project: str = option(PROJECT["test"])
     name: str = option(RUN_NAME)
     exist_ok: bool = option(False, "reuse an existing run folder")
+    half: bool = option(False, "half precision: fp16 on CUDA, bf16 on a CPU with AVX512_BF16/AMX (refused otherwise)")
     plots: bool = option(True, "no plots", flag="--no-plots")
     save_dir: str | None = option(None, hidden=True)  # an exact output folder instead of project/name
 
@@ -67,7 +69,8 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     every hard fraction 0, 10, ..., 100% from the same pass (sweep.csv, plots, AUC-Policy).
     """
     opt = make_options(Options, options, **kwargs)
-    model, info = load_model(opt.weights, cfg=opt.cfg, device=opt.device)
+    model, info = load_model(opt.weights, cfg=opt.cfg, device=opt.device, half=opt.half)
+    check_half(model, opt.half)
     if hasattr(model, "optimize_for_inference"):
         model.optimize_for_inference()  # fused, CPU fast path where it applies
     names, calibration = list(info.get("names") or model.names), info.get("thresholds") or {}
@@ -75,7 +78,7 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     if opt.dy_sweep and not model.is_dynamic:
         raise ValueError("--dy-sweep needs a dynamic model (dy-* config)")
     if opt.dy_sweep and not hasattr(model, "forward_both"):
-        raise ValueError("--dy-sweep scores both detectors on every image: pass PyTorch weights, not ONNX")
+        raise ValueError("--dy-sweep scores both detectors on every image: pass PyTorch weights, not an export")
     save_dir = Path(opt.save_dir) if opt.save_dir else increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
     loader = _loader(opt, model, img_size, len(names))
@@ -83,7 +86,7 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     threshold = _threshold(opt, model, calibration, gflops, img_size)
     result = evaluate(model, loader, names, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
                       max_det=opt.max_det, threshold=threshold, img_size=img_size, gflops=gflops,
-                      plot_dir=save_dir if opt.plots else None)
+                      plot_dir=save_dir if opt.plots else None, half=opt.half)
     metrics = result.to_dict()
     if model.is_dynamic:
         metrics["dynamic"].update(routing_analysis(result, model, calibration, threshold, img_size, gflops, save_dir,

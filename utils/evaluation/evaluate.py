@@ -117,15 +117,17 @@ def _scores_both(model: Any) -> bool:
 def evaluate(model: Any, loader, names: list[str], *, conf_thres: float = VAL.conf_thres,
              iou_thres: float = VAL.iou_thres, max_det: int = VAL.max_det, threshold: float | None = None,
              img_size: int, gflops: dict[str, float] | None = None, time_routed: bool = True,
-             plot_dir: Path | None = None) -> EvalResult:
+             plot_dir: Path | None = None, half: bool = False) -> EvalResult:
     """Score ``model`` on every batch of ``loader`` (images, labels, paths, shapes).
 
     ``threshold`` routes dynamic models (default: the model's own); ``time_routed`` also runs (and times) the routed call
-    when both detectors are scored; ``plot_dir`` receives the curves and three batch mosaics.
+    when both detectors are scored; ``plot_dir`` receives the curves and three batch mosaics;
+    ``half`` runs a PyTorch model in fp16 (CUDA) or bf16 autocast (CPU with native bf16).
     """
     if threshold is None and getattr(model, "is_dynamic", False):
         threshold = float(model.threshold)
-    predictor = Predictor(model, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, multi_label=True)
+    predictor = Predictor(model, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, multi_label=True,
+                          half=half)
     streams = {"all": DetectionStats(names)}
     if _scores_both(model):  # ONNX exports: routed results only
         streams.update(detector1=DetectionStats(names), detector2=DetectionStats(names))

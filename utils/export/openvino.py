@@ -1,4 +1,4 @@
-"""OpenVINO: our ONNX export -> an IR folder, and a backend called like the PyTorch model.
+"""OpenVINO export: our ONNX export -> an IR folder that keeps the route, checked against ONNX Runtime.
 
 :func:`export_openvino` converts an ``export.py`` ONNX file with OpenVINO's ONNX frontend. The
 route stays what it is in the ONNX graph: one ``If`` for a batch-1 graph (backbone 1 and the
@@ -8,25 +8,18 @@ subset is not empty). The folder ``<name>_openvino/`` holds ``<name>.xml`` / ``<
 ``metadata.json``; the same JSON is stored in the IR's ``rt_info`` (``dydet/metadata``), so the
 ``.xml`` alone is enough. The folder is written under a temporary name, checked (it compiles and
 matches ONNX Runtime per route) and only then renamed: a failed export leaves nothing behind.
+The backend that runs the folder is :class:`utils.export.openvino_model.OpenVinoModel`.
 
 One rewrite happens on the way: OpenVINO's ONNX frontend reads an empty ``Constant`` (the
 ``(0, N, 5 + nc)`` result of a batched graph's "no image on this route" branch) as a scalar,
 which gives the ``If`` a dynamic-rank output that the CPU plug-in refuses ("CPU plug-in doesn't
 support If operation with dynamic rank"). Such constants become ``ConstantOfShape`` of their
 static shape, which the frontend keeps exact.
-
-:class:`OpenVinoModel` mirrors :class:`utils.export.onnx_model.OnnxModel`: ``model(x,
-threshold=None)`` returns a :class:`models.dynamic.DyOutput` for a routed graph, the prediction
-otherwise; ``names``, ``stride``, ``img_size``, ``is_dynamic``, ``end2end``, ``info``, ``eval()``.
-It compiles for the CPU in fp32 unless told otherwise: OpenVINO's own default on a CPU with
-AVX512_BF16 or AMX is bf16, which would silently change the numbers. ``precision='bf16'`` asks
-for bf16 explicitly and is refused with a ValueError on a CPU without native bf16.
 """
 from __future__ import annotations
 
 import datetime
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -39,28 +32,23 @@ import torch
 from onnx import helper, numpy_helper
 
 from models.dynamic import DyOutput
-from utils.cpu import require_bf16
+from utils.export.openvino_model import (  # noqa: F401  (re-exported: the backend's names)
+    FORMAT,
+    METADATA_FILE,
+    RT_INFO_PATH,
+    SUFFIX,
+    OpenVinoModel,
+    count_ops,
+    find_xml,
+    if_bodies,
+    is_openvino,
+    openvino_module,
+    ov_version,
+    read_ir_metadata,
+)
 from utils.io import file_mode, fsync_path
 
-LOGGER = logging.getLogger(__name__)
-FORMAT = "dydet-openvino-v1"
 ONNX_FORMAT = "dydet-onnx-v1"  # what utils.export.onnx_model writes (checked on the source file)
-METADATA_FILE = "metadata.json"
-RT_INFO_PATH = ["dydet", "metadata"]
-SUFFIX = "_openvino"
-PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
-
-
-def _ov():
-    try:
-        import openvino as ov
-    except ImportError as e:  # optional dependency
-        raise ImportError("OpenVINO is not installed: pip install openvino") from e
-    return ov
-
-
-def ov_version() -> str:
-    return _ov().get_version()
 
 
 # ---- paths --------------------------------------------------------------------------------------
@@ -68,31 +56,6 @@ def default_dir(onnx_path: str | Path) -> Path:
     """``best.onnx`` -> ``best_openvino/`` beside it."""
     p = Path(onnx_path)
     return p.with_name(p.stem + SUFFIX)
-
-
-def is_openvino(weights: str | Path) -> bool:
-    """An ``.xml`` IR or a folder holding one (``*_openvino/``)."""
-    p = Path(weights)
-    if p.suffix.lower() == ".xml":
-        return True
-    return p.name.endswith(SUFFIX) or (p.is_dir() and any(p.glob("*.xml")))
-
-
-def find_xml(path: str | Path) -> Path:
-    """The IR ``.xml`` of ``path`` (the file itself, or the one ``.xml`` in a folder)."""
-    p = Path(path)
-    if p.is_file() and p.suffix.lower() == ".xml":
-        return p
-    if p.is_dir():
-        xmls = sorted(p.glob("*.xml"))
-        if len(xmls) == 1:
-            return xmls[0]
-        if xmls:
-            named = p / (p.name[: -len(SUFFIX)] + ".xml") if p.name.endswith(SUFFIX) else None
-            if named is not None and named.is_file():
-                return named
-            raise ValueError(f"{p} holds several .xml files ({', '.join(x.name for x in xmls)}); pass one of them")
-    raise FileNotFoundError(f"OpenVINO IR {str(p)!r} not found (an .xml file or a folder holding one)")
 
 
 # ---- ONNX -> OpenVINO -----------------------------------------------------------------------------
@@ -145,36 +108,9 @@ def fix_empty_constants(proto: onnx.ModelProto) -> int:
     return count
 
 
-def count_ops(model, op_type: str) -> int:
-    """How many ``op_type`` ops an OpenVINO model holds, its ``If`` / loop bodies included."""
-    n = 0
-    for op in model.get_ordered_ops():
-        n += op.get_type_name() == op_type
-        if hasattr(op, "get_function"):
-            for i in range(_n_bodies(op)):
-                n += count_ops(op.get_function(i), op_type)
-    return n
-
-
-def _n_bodies(op) -> int:
-    return 2 if op.get_type_name() == "If" else (1 if op.get_type_name() in ("Loop", "TensorIterator") else 0)
-
-
-def if_bodies(model) -> list[tuple[str, object]]:
-    """(name, body model) of every ``If`` body, outermost first: ``If_24/then``, ``If_24/else``."""
-    out = []
-    for op in model.get_ordered_ops():
-        if op.get_type_name() == "If":
-            for i, branch in enumerate(("then", "else")):
-                body = op.get_function(i)
-                out.append((f"{op.get_friendly_name()}/{branch}", body))
-                out.extend((f"{op.get_friendly_name()}/{branch}/{k}", b) for k, b in if_bodies(body))
-    return out
-
-
 def convert_onnx(onnx_path: str | Path):
     """``(ov.Model, metadata)`` of an export.py ONNX file (see :func:`fix_empty_constants`)."""
-    ov = _ov()
+    ov = openvino_module()
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX file {str(onnx_path)!r} not found")
@@ -214,7 +150,7 @@ def save_ir(model, out_dir: str | Path, meta: dict, name: str, compress_to_fp16:
     only then it replaces ``out_dir`` (an old folder of that name is removed once the new one
     is in place). On any failure the temporary folder is deleted and ``out_dir`` is untouched.
     """
-    ov = _ov()
+    ov = openvino_module()
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
@@ -277,189 +213,6 @@ def export_openvino(onnx_path: str | Path, out_dir: str | Path | None = None, *,
             raise RuntimeError(f"OpenVINO IR differs from ONNX Runtime by more than {atol:g} + {rtol:g} x |value|: {bad}")
 
     return save_ir(model, out_dir, meta, onnx_path.stem, compress_to_fp16, verify if check else None)
-
-
-# ---- backend --------------------------------------------------------------------------------------
-def read_ir_metadata(xml: Path, model=None) -> dict:
-    """metadata.json beside the IR, else the IR's rt_info."""
-    side = xml.parent / METADATA_FILE
-    if side.is_file():
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    elif model is not None and model.has_rt_info(RT_INFO_PATH):
-        meta = json.loads(model.get_rt_info(RT_INFO_PATH).astype(str))
-    else:
-        raise ValueError(f"{xml}: not a DynamicDet OpenVINO export (no {METADATA_FILE} and no dydet rt_info); "
-                         "convert an export.py ONNX file with utils.export.openvino.export_openvino")
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{xml}: metadata format {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
-
-
-def compile_config(precision: str = "f32", threads: int | None = None) -> dict:
-    """OpenVINO CPU properties: precision hint, latency mode, thread count."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
-    precision = PRECISIONS[precision]
-    if precision == "bf16":
-        require_bf16(what="OpenVINO bf16 inference (precision='bf16')")
-    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    return config
-
-
-class OpenVinoModel:
-    """An OpenVINO IR of an export run on the CPU, called like the PyTorch model."""
-
-    fused = True
-    training = False
-
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None,
-                 precision: str | None = None) -> None:
-        ov = _ov()
-        self.xml = find_xml(path)
-        self.path = self.xml.parent if Path(path).is_dir() else self.xml
-        self.device = torch.device(device)
-        if self.device.type != "cpu":
-            LOGGER.warning("OpenVINO runs %s on the CPU; outputs are moved to %s", self.xml.name, self.device)
-        core = ov.Core()
-        try:
-            model = core.read_model(str(self.xml))
-        except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
-            raise ValueError(f"{self.xml}: OpenVINO cannot read it: {e}") from e
-        self.meta = read_ir_metadata(self.xml, model)
-        if precision is None:  # the IR's default; an INT8 IR runs its non-quantized ops in fp32
-            precision = self.meta["openvino"].get("precision", "f32")
-        self.config = compile_config(precision, threads)
-        self.precision = self.config["INFERENCE_PRECISION_HINT"]
-        self.compiled = core.compile_model(model, "CPU", self.config)
-        self.request = self.compiled.create_infer_request()
-        self._configure(self.meta)
-
-    def _configure(self, meta: dict) -> None:
-        self.names = list(meta["names"])
-        self.stride = torch.tensor(meta["stride"], dtype=torch.float32)
-        self.img_size = tuple(int(v) for v in meta["img_size"])
-        self.batch = meta["batch"]
-        self.is_dynamic = bool(meta["dynamic"])
-        self.route = meta["route"]
-        self.threshold = meta["threshold"]
-        self.threshold_input = bool(meta["threshold_input"])
-        self.end2end = meta["end2end"] is not None
-        self.nms = dict(meta["end2end"] or {})
-        self.gflops = dict(meta.get("gflops") or {})
-        self.int8 = meta["openvino"].get("int8")
-        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
-        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
-        self.info = {"format": "openvino", "names": list(self.names),
-                     "thresholds": dict(meta.get("thresholds") or {}), "meta": meta, "extra": {},
-                     "not_loaded": [], "dropped": [], "path": str(self.path), "precision": self.precision}
-
-    # ---- torch.nn.Module look-alikes ------------------------------------------------------------
-    def eval(self) -> OpenVinoModel:
-        return self
-
-    def train(self, mode: bool = True) -> OpenVinoModel:
-        if mode:
-            raise RuntimeError("an OpenVINO model cannot be trained")
-        return self
-
-    def __repr__(self) -> str:
-        if not hasattr(self, "meta"):
-            return f"OpenVinoModel({self.xml.name})"
-        kind = "dynamic" if self.is_dynamic else f"route={self.route}"
-        q = ", int8" if self.int8 else ""
-        return (f"OpenVinoModel({self.xml.name}, {kind}, img_size={self.img_size}, "
-                f"batch={self.batch or 'dynamic'}, {self.precision}{q})")
-
-    # ---- inference --------------------------------------------------------------------------------
-    def __call__(self, x: torch.Tensor, threshold: float | None = None):
-        """Like the PyTorch model: DyOutput (routed exports) or the prediction."""
-        self._check_input(x)
-        thr = self._threshold(threshold)
-        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        out = self._run_batches(arr, thr)
-        pred = self._split(out[0], len(arr)) if self.end2end else out[0]
-        if not self.is_dynamic:
-            return pred
-        return DyOutput(pred, out[self.output_names.index("phi")], out[self.output_names.index("hard")])
-
-    forward = __call__
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"{self.xml.name} takes (batch, 3, h, w) images, got shape {tuple(x.shape)}")
-        if tuple(x.shape[2:]) != self.img_size:
-            h, w = self.img_size
-            raise ValueError(f"{self.xml.name} was exported for {h}x{w} inputs but got "
-                             f"{x.shape[2]}x{x.shape[3]}; resize the input or re-export with --img-size")
-
-    def _threshold(self, threshold: float | None) -> float | None:
-        if not self.is_dynamic:
-            return None
-        t = float(self.threshold if threshold is None else threshold)
-        baked = float(self.meta["threshold"])
-        if not self.threshold_input and abs(t - baked) > 1e-9:
-            raise ValueError(f"{self.xml.name} has routing threshold {baked:g} built in, so threshold {t:g} "
-                             "cannot be used; re-export with --thres-input to choose it at run time")
-        return t
-
-    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """One raw inference: numpy inputs by name -> outputs in ``output_names`` order (copies)."""
-        res = self.request.infer(feed)
-        return [np.array(res[o]) for o in self.compiled.outputs]
-
-    def _run_batches(self, arr: np.ndarray, threshold: float | None) -> list[torch.Tensor]:
-        step = self.batch or len(arr)
-        parts = []
-        for start in range(0, len(arr), step):
-            chunk = arr[start:start + step]
-            n = len(chunk)
-            if n < step:
-                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)])
-            feed = {"images": chunk}
-            if self.threshold_input:
-                feed["threshold"] = np.asarray(threshold, np.float32)
-            parts.append(self._trim(self.run(feed), start, n))
-        return [torch.from_numpy(np.concatenate(p)).to(self.device) for p in zip(*parts)]
-
-    def _trim(self, outs: list[np.ndarray], start: int, n: int) -> list[np.ndarray]:
-        trimmed = []
-        for name, o in zip(self.output_names, outs):
-            if name == "dets":
-                o = o[o[:, 0] < n].copy()
-                o[:, 0] += start
-                trimmed.append(o)
-            else:
-                trimmed.append(o[:n])
-        return trimmed
-
-    @staticmethod
-    def _split(dets: torch.Tensor, n: int) -> list[torch.Tensor]:
-        image = dets[:, 0].long()
-        return [dets[image == i, 1:] for i in range(n)]
-
-    def runtime_precisions(self) -> dict[str, int]:
-        """How many executed layers run in each precision (e.g. {'u8': 120, 'f32': 40}): what
-        the CPU plug-in actually does with the hint and the IR."""
-        counts: dict[str, int] = {}
-        for op in _runtime_ops(self.compiled.get_runtime_model()):
-            info = op.get_rt_info()
-            if "runtimePrecision" in info and info["layerType"].astype(str) in _COMPUTE_LAYERS:
-                p = info["runtimePrecision"].astype(str)
-                counts[p] = counts.get(p, 0) + 1
-        return counts
-
-
-_COMPUTE_LAYERS = {"Convolution", "FullyConnected", "MatMul", "Deconvolution"}
-
-
-def _runtime_ops(model):
-    for op in model.get_ordered_ops():
-        yield op
-        if hasattr(op, "get_function") and _n_bodies(op):
-            for i in range(_n_bodies(op)):
-                yield from _runtime_ops(op.get_function(i))
 
 
 # ---- parity ---------------------------------------------------------------------------------------

@@ -151,7 +151,7 @@ def float_scope(model, keep_float: Sequence[str] = KEEP_FLOAT) -> dict[str, list
 # ---- OpenVINO / NNCF ------------------------------------------------------------------------------
 def _load_ir(model_or_ir):
     """(ov.Model, metadata, source path, name) from an IR folder/.xml, an ONNX file or (ov.Model, meta)."""
-    ov = ovx._ov()
+    ov = ovx.openvino_module()
     if isinstance(model_or_ir, tuple):
         model, meta = model_or_ir
         return model, dict(meta), None, "model"
@@ -259,7 +259,7 @@ def _check_bodies_quantized(report: dict[str, dict[str, int]]) -> None:
 
 def _check_routes_reached(model, feeds: list[dict], meta: dict) -> None:
     """A built-in threshold: the calibration images must take both routes on their own φ."""
-    ov = ovx._ov()
+    ov = ovx.openvino_module()
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     hard = compiled.outputs[[o.get_any_name() for o in compiled.outputs].index("hard")]
     n_hard = sum(int(np.asarray(compiled(f)[hard]).sum()) for f in feeds)

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import torch
 
+from utils.cpu import require_bf16
 from utils.defaults import PREDICT
 from utils.inference.nms import non_max_suppression
 from utils.torch_utils import time_sync
@@ -25,6 +26,13 @@ class BatchPrediction:
     times: dict[str, float] = field(default_factory=dict)
 
 
+def check_half(model, half: bool) -> None:
+    """Refuse ``half`` for a PyTorch model on a CPU without native bf16 (ValueError naming the flag)."""
+    p = next(model.parameters(), None) if half and hasattr(model, "parameters") else None
+    if p is not None and p.device.type == "cpu":
+        require_bf16(what="--half on the CPU (bf16 autocast)")
+
+
 class Predictor:
     """Wraps a detector (plain or dynamic) with its pre- and post-processing."""
 
@@ -35,11 +43,21 @@ class Predictor:
         self.model = model.eval()
         p = next(model.parameters(), None) if hasattr(model, "parameters") else None
         device = p.device if p is not None else torch.device(getattr(model, "device", "cpu"))  # e.g. ONNX Runtime
-        self.device, self.half = device, bool(half and device.type == "cuda" and p is not None)
+        self.device = device
+        self.half = bool(half and device.type == "cuda" and p is not None)  # fp16 weights and inputs
+        self.bf16 = bool(half and device.type == "cpu" and p is not None)  # bf16 autocast, fp32 weights
         if self.half:
             self.model.half()
+        check_half(model, half)
         self.nms_kwargs = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes,
                                agnostic_nms=agnostic_nms, max_det=max_det, multi_label=multi_label)
+
+    def _forward(self, fn, x: torch.Tensor):
+        """``fn(x)``, under bf16 autocast when asked for on the CPU."""
+        if not self.bf16:
+            return fn(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn(x)
 
     @property
     def is_dynamic(self) -> bool:
@@ -50,6 +68,12 @@ class Predictor:
         x = imgs.to(self.device, non_blocking=True)
         x = x.half() if self.half else x.float()
         return x / 255.0 if imgs.dtype == torch.uint8 else x
+
+    def _float(self, pred):
+        """bf16 predictions back to fp32 for NMS (boxes keep fp32 coordinates)."""
+        if not self.bf16:
+            return pred
+        return [p.float() for p in pred] if isinstance(pred, (list, tuple)) else pred.float()
 
     def postprocess(self, pred: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
         """NMS, unless the model already did it (end-to-end exports return per-image detections)."""
@@ -64,10 +88,10 @@ class Predictor:
         x = self.preprocess(imgs)
         t1 = time_sync()
         if self.is_dynamic:
-            out = self.model(x, threshold=threshold)
-            pred, phi, hard = out.pred, out.phi, out.hard
+            out = self._forward(lambda t: self.model(t, threshold=threshold), x)
+            pred, phi, hard = self._float(out.pred), self._float(out.phi), out.hard
         else:
-            pred, phi, hard = self.model(x), None, None
+            pred, phi, hard = self._float(self._forward(self.model, x)), None, None
         t2 = time_sync()
         dets = self.postprocess(pred)
         t3 = time_sync()
@@ -79,9 +103,9 @@ class Predictor:
         """Detector 1 and detector 2 on every image (dynamic models), for scoring and sweeps."""
         x = self.preprocess(imgs)
         t1 = time_sync()
-        out = self.model.forward_both(x)
+        out = self._forward(self.model.forward_both, x)
         t2 = time_sync()
-        d1, d2 = self.postprocess(out.pred1), self.postprocess(out.pred2)
+        d1, d2 = self.postprocess(self._float(out.pred1)), self.postprocess(self._float(out.pred2))
         t3 = time_sync()
         times = {"infer": (t2 - t1) * 1e3, "nms": (t3 - t2) * 1e3 / 2}
         return BatchPrediction(d1, out.phi, None, times), BatchPrediction(d2, out.phi, None, times)

@@ -1,8 +1,9 @@
-"""One entry point for every kind of weights: our checkpoints, official releases, ONNX exports.
+"""One entry point for every kind of weights: our checkpoints, official releases, ONNX and OpenVINO exports.
 
 ``load_model`` resolves model-zoo names (downloading them when missing, see
-:mod:`utils.weights.downloads`), then returns a PyTorch model or an ONNX Runtime backend with the same
-calling convention, so detect.py, test.py and the Python API never care which one they hold.
+:mod:`utils.weights.downloads`), then returns a PyTorch model, an ONNX Runtime backend or an
+OpenVINO backend with the same calling convention, so detect.py, test.py, the Python API and the
+benchmark never care which one they hold.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from models.zoo import zoo_entry
 from utils.defaults import IMG_SIZE
+from utils.export.openvino_model import is_openvino
 from utils.torch_utils import select_device
 from utils.weights.checkpoints import load_checkpoint
 from utils.weights.downloads import attempt_download
@@ -22,17 +24,26 @@ def is_onnx(weights: str | Path) -> bool:
 
 
 def load_model(weights: str | Path, cfg: str | None = None, device: str | torch.device = "",
-               nc: int | None = None) -> tuple[torch.nn.Module, dict]:
+               nc: int | None = None, half: bool = False) -> tuple[torch.nn.Module, dict]:
     """``(model, info)`` for ``weights``; info as from :func:`utils.weights.checkpoints.load_checkpoint`.
 
     Zoo names (``dy-yolov7.pt`` ...) are found locally or downloaded, and imply their config
-    when ``cfg`` is not given. ``.onnx`` files run with ONNX Runtime.
+    when ``cfg`` is not given. ``.onnx`` files run with ONNX Runtime, an ``.xml`` IR or an
+    ``*_openvino/`` folder with OpenVINO. ``half`` compiles an OpenVINO IR for bf16 (refused on a
+    CPU without native bf16); PyTorch models get their half precision from the Predictor.
     """
     dev = select_device(device)
+    if is_openvino(weights):
+        from utils.export.openvino_model import OpenVinoModel
+        model = OpenVinoModel(weights, device=dev, precision="bf16" if half else None)
+        return model, model.info
     if is_onnx(weights):
         from utils.export.onnx_model import OnnxModel
         if not Path(weights).is_file():
             raise FileNotFoundError(f"ONNX file {str(weights)!r} not found")
+        if half:
+            raise ValueError(f"--half: ONNX Runtime runs {Path(weights).name} in fp32 only here; for bf16 on the "
+                             "CPU export it with --include openvino and run the IR with --half")
         model = OnnxModel(weights, device=dev)
         return model, model.info
     path = attempt_download(weights)
