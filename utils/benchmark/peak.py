@@ -157,14 +157,15 @@ def gemm_int8_openvino(n: int, threads: int, reps: int, warmup: int, seed: int =
     import openvino as ov
     import openvino.opset13 as ops
 
+    from utils.export.openvino_model import compile_cpu
+
     a, b = _int8_operands(n, seed, unsigned_a=True)
     x = ops.parameter([n, n], np.float32, name="x")
     xq = ops.fake_quantize(x, 0.0, 255.0, 0.0, 255.0, 256)  # integers 0..255 pass through exactly
     w = ops.multiply(ops.convert(ops.constant(b), "f32"), ops.constant(np.float32(0.5)))  # s8 weights x scale
     model = ov.Model([ops.matmul(xq, w, False, False)], [x], "gemm")
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                      "INFERENCE_PRECISION_HINT": "f32",
-                                                      "PERFORMANCE_HINT": "LATENCY"})
+    compiled = compile_cpu(model, {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
+                                   "PERFORMANCE_HINT": "LATENCY"})
     types = {op.get_rt_info()["layerType"].astype(str): op.get_rt_info()["runtimePrecision"].astype(str)
              for op in compiled.get_runtime_model().get_ops() if "layerType" in op.get_rt_info()}
     if types.get("FullyConnected") not in ("u8", "i8"):

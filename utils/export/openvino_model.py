@@ -24,6 +24,7 @@ import torch
 
 from models.dynamic import DyOutput
 from utils.cpu import require_bf16
+from utils.sigaltstack import kept_sigaltstack
 
 LOGGER = logging.getLogger(__name__)
 FORMAT = "dydet-openvino-v1"
@@ -40,6 +41,13 @@ def openvino_module():
     except ImportError as e:  # optional dependency
         raise ImportError("OpenVINO is not installed: pip install openvino") from e
     return ov
+
+
+def compile_cpu(model, config: dict, core=None):
+    """``core.compile_model(model, "CPU", config)`` keeping the thread's signal stack (see utils.sigaltstack)."""
+    core = core if core is not None else openvino_module().Core()
+    with kept_sigaltstack():
+        return core.compile_model(model, "CPU", config)
 
 
 def ov_version() -> str:
@@ -154,7 +162,7 @@ class OpenVinoModel:
             precision = self.meta["openvino"].get("precision", "f32")
         self.config = compile_config(precision, threads)
         self.precision = self.config["INFERENCE_PRECISION_HINT"]
-        self.compiled = core.compile_model(model, "CPU", self.config)
+        self.compiled = compile_cpu(model, self.config, core)
         self.request = self.compiled.create_infer_request()
         self._configure(self.meta)
 

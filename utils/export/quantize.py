@@ -43,6 +43,8 @@ import onnx
 import torch
 
 from utils.export import openvino as ovx
+from utils.export.openvino_model import compile_cpu
+from utils.sigaltstack import kept_sigaltstack
 
 LOGGER = logging.getLogger(__name__)
 KEEP_FLOAT = ("router", "decode")
@@ -223,9 +225,10 @@ def quantize_openvino(model_or_ir, calibration, out_dir: str | Path | None = Non
     presets = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}
     if preset not in presets:
         raise ValueError(f"preset must be one of {sorted(presets)}, not {preset!r}")
-    quantized = nncf.quantize(model, nncf.Dataset(feeds), preset=presets[preset], subset_size=len(feeds),
-                              fast_bias_correction=fast_bias_correction, ignored_scope=ignored,
-                              target_device=nncf.TargetDevice.CPU)
+    with kept_sigaltstack():  # NNCF compiles models of its own for the statistics
+        quantized = nncf.quantize(model, nncf.Dataset(feeds), preset=presets[preset], subset_size=len(feeds),
+                                  fast_bias_correction=fast_bias_correction, ignored_scope=ignored,
+                                  target_device=nncf.TargetDevice.CPU)
     report = quantization_report(quantized)
     if check:
         _check_bodies_quantized(report)
@@ -259,8 +262,7 @@ def _check_bodies_quantized(report: dict[str, dict[str, int]]) -> None:
 
 def _check_routes_reached(model, feeds: list[dict], meta: dict) -> None:
     """A built-in threshold: the calibration images must take both routes on their own φ."""
-    ov = ovx.openvino_module()
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = compile_cpu(model, {"INFERENCE_PRECISION_HINT": "f32"})
     hard = compiled.outputs[[o.get_any_name() for o in compiled.outputs].index("hard")]
     n_hard = sum(int(np.asarray(compiled(f)[hard]).sum()) for f in feeds)
     n_all = sum(len(f["images"]) for f in feeds)
