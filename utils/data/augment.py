@@ -64,7 +64,7 @@ def letterbox(img: np.ndarray, new_shape: int | Sequence[int] = 640,
         size_w, size_h, dw, dh = new_w, new_h, 0.0, 0.0
         ratio = (new_h / h0, new_w / w0)
     else:
-        size_w, size_h = int(round(w0 * r)), int(round(h0 * r))
+        size_w, size_h = max(1, round(w0 * r)), max(1, round(h0 * r))  # a 1-pixel side stays 1
         dw, dh = new_w - size_w, new_h - size_h
         if auto:
             dw, dh = dw % stride, dh % stride

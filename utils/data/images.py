@@ -1,4 +1,17 @@
-"""Reading image files as ``HxWx3`` ``uint8`` BGR arrays, whatever their depth or channels."""
+"""Reading image files as ``HxWx3`` ``uint8`` BGR arrays, whatever their depth or channels.
+
+What :func:`read_image` does with the awkward files (each case is a test in
+``tests/reliability/test_images.py``):
+
+* EXIF orientation is applied (JPEG, PNG, WebP, TIFF; OpenCV's decoder does it), giving what
+  PIL's ``ImageOps.exif_transpose`` gives, as YOLOv5/Ultralytics load images: a phone photo
+  stored sideways comes back upright, so its size and its labels are the upright picture's.
+* CMYK JPEGs, palette PNGs (with or without transparency), grey, grey+alpha, RGBA, 16-bit and
+  float images become 8-bit BGR.
+* A multi-page TIFF or an animated GIF gives its FIRST page or frame (one image, one label
+  file). ``detect.py`` reads a ``.gif`` given as a source as a video instead: every frame.
+* Sides from 1 pixel up are read as they are (OpenCV refuses more than 2**30 pixels in all).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,7 +46,8 @@ def to_bgr_uint8(img: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: PathLike) -> np.ndarray:
-    """Read an image as ``HxWx3`` ``uint8`` BGR (EXIF orientation applied).
+    """Read an image as ``HxWx3`` ``uint8`` BGR, upright (EXIF orientation applied); the first
+    page of a multi-page TIFF, the first frame of a GIF (see the module docstring).
 
     Raises :class:`ImageReadError` if the file is missing, empty or undecodable.
     """

@@ -31,7 +31,8 @@ MIN_BOX_PIXELS = 1.0  # boxes narrower or lower than this (after clipping) are d
 COORD_TOLERANCE = 1e-6  # coordinates this far outside [0, 1] are not reported as clipped
 
 __all__ = [
-    "LabelError", "DataIssue", "DataReport", "Sample", "parse_label_file", "check_sample",
+    "LabelError", "DataIssue", "DataReport", "Sample", "parse_label_file", "read_label_lines",
+    "check_sample",
     "scan_dataset", "default_cache_dir",
 ]
 
@@ -111,6 +112,11 @@ def _label_issue(kind: str, file: Path, line: int, detail: str) -> DataIssue:
     return DataIssue(kind, str(file), actions[kind], detail, line)
 
 
+def _shown(token: str, limit: int = 24) -> str:
+    """A token quoted for a message, cut to ``limit`` characters (fuzzed files hold anything)."""
+    return repr(token if len(token) <= limit else token[:limit] + "...")
+
+
 def _parse_values(tokens: list[str]) -> tuple[np.ndarray | None, str]:
     """Numbers of one label line as [cls, cx, cy, w, h], or (None, reason)."""
     if len(tokens) != 5 and (len(tokens) < 7 or len(tokens) % 2 == 0):
@@ -123,10 +129,11 @@ def _parse_values(tokens: list[str]) -> tuple[np.ndarray | None, str]:
         return None, "non-finite value"
     if len(values) > 5:  # polygon "cls x1 y1 x2 y2 ..." -> its bounding box
         xs, ys = values[1::2], values[2::2]
-        values = np.array([values[0], (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2,
-                           xs.max() - xs.min(), ys.max() - ys.min()])
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = np.array([values[0], (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2,
+                               xs.max() - xs.min(), ys.max() - ys.min()])
     if values[0] != round(values[0]):
-        return None, f"class id {tokens[0]!r} is not an integer"
+        return None, f"class id {_shown(tokens[0])} is not an integer"
     return values, ""
 
 
@@ -140,10 +147,12 @@ def _fix_box(values: np.ndarray, img_hw: tuple[int, int], file: Path,
              line: int) -> tuple[np.ndarray | None, DataIssue | None]:
     """Clip a normalised box to the image; (None, issue) if nothing sensible is left."""
     cls_id, cx, cy, w, h = values
-    corners = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values overflow to inf: no area
+        corners = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
     clipped = corners.clip(0.0, 1.0)
     pw, ph = (clipped[2] - clipped[0]) * img_hw[1], (clipped[3] - clipped[1]) * img_hw[0]
-    if w <= 0 or h <= 0 or pw < MIN_BOX_PIXELS or ph < MIN_BOX_PIXELS:
+    if (w <= 0 or h <= 0 or not np.isfinite(corners).all() or pw < MIN_BOX_PIXELS
+            or ph < MIN_BOX_PIXELS):
         return None, _label_issue("degenerate", file, line,
                                   f"box {cx:.4g} {cy:.4g} {w:.4g} {h:.4g} has no area in the image")
     issue = None
@@ -154,20 +163,34 @@ def _fix_box(values: np.ndarray, img_hw: tuple[int, int], file: Path,
     return box, issue
 
 
+def read_label_lines(file: PathLike) -> list[str]:
+    """The lines of a label file, numbered as an editor shows them (``lines[0]`` is line 1).
+
+    UTF-8 with or without a BOM, or UTF-16 with a BOM; undecodable bytes become U+FFFD (and
+    make their line malformed). Lines end at ``\\n``, ``\\r\\n`` or ``\\r`` only, not at the
+    other characters :meth:`str.splitlines` breaks on (form feed, ``\\x1c``...).
+    """
+    data = Path(file).read_bytes()
+    encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    text = data.decode(encoding, errors="replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def parse_label_file(file: PathLike, img_hw: tuple[int, int],
                      nc: int | None = None) -> tuple[np.ndarray, list[DataIssue]]:
     """Parse a YOLO label file into ``(n, 5)`` float32 ``[cls, cx, cy, w, h]`` (normalised).
 
     Malformed lines are dropped, boxes are clipped to the image, degenerate boxes and exact
-    duplicates are dropped; each case is returned as a :class:`DataIssue`. A class id outside
-    ``[0, nc)`` raises :class:`LabelError`. ``img_hw`` is the image size (for pixel checks).
+    duplicates are dropped; each bad line is returned as ONE :class:`DataIssue` naming the file
+    and line (a clipped line that duplicates an earlier box is reported as a duplicate only).
+    A class id outside ``[0, nc)`` raises :class:`LabelError`. ``img_hw`` is the image size
+    (for pixel checks).
     """
     file = Path(file)
     rows: list[np.ndarray] = []
     seen: dict[tuple, int] = {}
     issues: list[DataIssue] = []
-    text_lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
-    for line_no, text in enumerate(text_lines, 1):
+    for line_no, text in enumerate(read_label_lines(file), 1):
         tokens = text.split()
         if not tokens:
             continue
@@ -177,15 +200,13 @@ def parse_label_file(file: PathLike, img_hw: tuple[int, int],
             continue
         _check_class(values[0], nc, file, line_no)
         box, issue = _fix_box(values, img_hw, file, line_no)
-        issues += [issue] if issue else []
-        if box is None:
-            continue
-        key = tuple(np.round(box, 6))
+        key = tuple(np.round(box, 6)) if box is not None else None
         if key in seen:
-            issues.append(_label_issue("duplicate", file, line_no, f"same as line {seen[key]}"))
-            continue
-        seen[key] = line_no
-        rows.append(box)
+            issue = _label_issue("duplicate", file, line_no, f"same as line {seen[key]}")
+        elif box is not None:
+            seen[key] = line_no
+            rows.append(box)
+        issues += [issue] if issue else []
     labels = np.array(rows, dtype=np.float32).reshape(-1, 5)
     return labels, issues
 

@@ -17,6 +17,7 @@ import glob
 import logging
 import math
 import re
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -37,6 +38,9 @@ VID_SUFFIXES = frozenset({".asf", ".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4"
                           ".ts", ".webm", ".wmv"})
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 OPEN_TIMEOUT_MS = 10_000
+MAX_BAD_FRAMES = 10  # undecodable video frames in a row that end a video file
+STREAM_RETRIES = 3  # reconnection attempts when a stream or webcam stops delivering frames
+RETRY_DELAY_S = 1.0  # wait before each reconnection attempt
 GLOB_CHARS = re.compile(r"[*?\[]")
 
 __all__ = [
@@ -91,17 +95,36 @@ def _fps(cap: cv2.VideoCapture) -> float:
     return float(fps) if math.isfinite(fps) and 0 < fps <= 1000 else 30.0
 
 
+def _frame_count(cap: cv2.VideoCapture) -> int:
+    """Frames the container announces, 0 if unknown (live streams, some formats)."""
+    n = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    return int(n) if math.isfinite(n) and n > 0 else 0
+
+
 def video_frames(path: PathLike) -> Iterator[Frame]:
-    """Every frame of a video file, in order."""
+    """Every decodable frame of a video file, in order; ``Frame.index`` is the frame number.
+
+    A frame that cannot be decoded in the middle of the file is skipped with a warning naming
+    the file and the frame, and reading goes on; :data:`MAX_BAD_FRAMES` failures in a row end
+    the video (with a warning if the container announced more frames).
+    """
     cap = _open_capture(str(path), f"video {path}")
-    fps, index = _fps(cap), 0
+    fps, total, index, bad = _fps(cap), _frame_count(cap), 0, 0
     try:
-        while True:
+        while bad < MAX_BAD_FRAMES and not (total and index >= total):
             ok, img = cap.read()
             if not ok:
-                break
+                bad, index = bad + 1, index + 1
+                continue
+            if bad:
+                LOGGER.warning("video %s: skipped frame(s) %d-%d that could not be decoded",
+                               path, index - bad, index - 1)
+            bad = 0
             yield Frame(to_bgr_uint8(img), str(path), index, fps)
             index += 1
+        if bad and total and index - bad < total - 1:
+            LOGGER.warning("video %s: stopped after %d unreadable frames in a row at frame %d of %d",
+                           path, bad, index - bad, total)
     finally:
         cap.release()
 
@@ -163,7 +186,11 @@ class CaptureSource:
     """Webcams and network streams, opened on construction, read frame by frame in turn.
 
     With several streams, one frame is read from each open stream per round (no background
-    threads, so a slow stream slows the others); a stream that ends is dropped.
+    threads, so a slow stream slows the others). A stream that stops delivering frames is
+    reopened up to :data:`STREAM_RETRIES` times, :data:`RETRY_DELAY_S` apart (frame numbers go
+    on); then it is dropped with a warning, and iteration ends normally when none is left, so
+    the caller saves what was done. A capture that announces a frame count (a file served as a
+    stream) ends, without retries, once that many frames were read.
     """
 
     live = True
@@ -171,19 +198,49 @@ class CaptureSource:
     def __init__(self, targets: Sequence[int | str]) -> None:
         if not targets:
             raise SourceError("no stream to open")
+        self.targets = list(targets)
         self.labels = [_capture_label(t) for t in targets]
         self.caps: list[cv2.VideoCapture] = []
         try:
-            for target, label in zip(targets, self.labels):
-                what = f"webcam {target} (no camera at that index?)" if isinstance(target, int) else f"stream {label}"
-                self.caps.append(_open_capture(target, what))
+            for target in self.targets:
+                self.caps.append(_open_capture(target, self._what(target)))
         except SourceError:
             self.close()
             raise
 
+    @staticmethod
+    def _what(target: int | str) -> str:
+        if isinstance(target, int):
+            return f"webcam {target} (no camera at that index?)"
+        return f"stream {_capture_label(target)}"
+
     def close(self) -> None:
         for cap in self.caps:
             cap.release()
+
+    def _reconnect(self, k: int) -> bool:
+        """Reopen stream ``k`` (up to :data:`STREAM_RETRIES` attempts); False if it stays down."""
+        self.caps[k].release()
+        for attempt in range(1, STREAM_RETRIES + 1):
+            LOGGER.warning("%s: no frame; reconnecting (attempt %d of %d)", self.labels[k],
+                           attempt, STREAM_RETRIES)
+            time.sleep(RETRY_DELAY_S)
+            try:
+                self.caps[k] = _open_capture(self.targets[k], self._what(self.targets[k]))
+                return True
+            except SourceError:
+                continue
+        return False
+
+    def _read(self, k: int, count: int) -> np.ndarray | None:
+        """The next frame of stream ``k`` (``count`` read so far), or None when it is over."""
+        total = _frame_count(self.caps[k])
+        if total and count >= total:
+            return None
+        ok, img = self.caps[k].read()
+        while not ok and not total and self._reconnect(k):
+            ok, img = self.caps[k].read()
+        return img if ok else None
 
     def __iter__(self) -> Iterator[Frame]:
         active = list(range(len(self.caps)))
@@ -192,15 +249,22 @@ class CaptureSource:
         try:
             while active:
                 for k in list(active):
-                    ok, img = self.caps[k].read()
-                    if not ok:
-                        LOGGER.info("%s: no more frames", self.labels[k])
+                    img = self._read(k, index[k])
+                    if img is None:
+                        self._log_end(k, index[k])
                         active.remove(k)
                         continue
                     yield Frame(to_bgr_uint8(img), self.labels[k], index[k], fps[k])
                     index[k] += 1
         finally:
             self.close()
+
+    def _log_end(self, k: int, count: int) -> None:
+        if _frame_count(self.caps[k]):
+            LOGGER.info("%s: no more frames (%d read)", self.labels[k], count)
+        else:
+            LOGGER.warning("%s: lost after %d frames and %d reconnection attempts; closed",
+                           self.labels[k], count, STREAM_RETRIES)
 
 
 def read_stream_list(path: PathLike) -> list[int | str]:
@@ -227,7 +291,9 @@ def _array_bgr(item: Any) -> np.ndarray:
             raise ValueError(f"expected an HxW or HxWxC image array, got shape {item.shape}")
         return to_bgr_uint8(np.ascontiguousarray(item))
     if hasattr(item, "convert") and hasattr(item, "mode"):  # PIL.Image.Image
-        return np.ascontiguousarray(np.asarray(item.convert("RGB"))[..., ::-1])
+        from PIL import ImageOps  # upright, as read_image gives the same file (EXIF orientation)
+
+        return np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(item).convert("RGB"))[..., ::-1])
     raise TypeError(f"expected a numpy array or a PIL image, got {type(item).__name__}")
 
 
@@ -309,7 +375,7 @@ def as_source(source: Any) -> Source:
 # --------------------------------------------------------------------------- batching
 def _fitted_hw(hw: tuple[int, int], img_size: int) -> tuple[int, int]:
     r = img_size / max(hw)
-    return round(hw[0] * r), round(hw[1] * r)
+    return max(1, round(hw[0] * r)), max(1, round(hw[1] * r))  # a 1x10000 image keeps 1 row
 
 
 def letterbox_batch(imgs: Sequence[np.ndarray], img_size: int, stride: int,
