@@ -25,6 +25,7 @@ from utils.io import atomic_write_text
 from utils.options import make_options, option, options_dict, parse_options, plain_dict
 from utils.torch_utils import DistInfo, de_parallel, distributed_run, main_process_first, shared_run_dir
 from utils.train.resume import resume_options
+from utils.train.rng import seed_all
 from utils.train.trainer import Trainer, TrainLoop
 from utils.weights.checkpoints import load_checkpoint, transfer_weights
 from utils.weights.downloads import attempt_download
@@ -76,7 +77,7 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
 
 
 def _train(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:
-    torch.manual_seed(opt.seed + max(dist_info.rank, 0))
+    seed_all(opt.seed + max(dist_info.rank, 0))
     save_dir = shared_run_dir(opt, dist_info)
     data = load_data_config(opt.data)
     names = ["item"] if opt.single_cls else data.names

@@ -38,6 +38,7 @@ from utils.routing.trainer import RouterLoop, RouterTrainer, difficulty_scores, 
 from utils.torch_utils import DistInfo, distributed_run, main_process_first, select_device, shared_run_dir
 from utils.train.loss import ComputeLoss, scale_loss_gains
 from utils.train.resume import STATE_KEYS, resume_options
+from utils.train.rng import seed_all
 from utils.weights.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from utils.weights.downloads import attempt_download
 
@@ -112,7 +113,7 @@ def _with_router_defaults(opt: Options) -> Options:
 
 def _train(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:
     """DynamicDet's router (paper Sec. 3.3) on the frozen detectors of a stage-1 Dy model."""
-    torch.manual_seed(opt.seed + max(dist_info.rank, 0))
+    seed_all(opt.seed + max(dist_info.rank, 0))
     model, extra = _dynamic_model(opt, device, resume_ckpt)
     data = _data(opt, model)
     compute_loss = ComputeLoss(model, scale_loss_gains(hyp_for(model, opt.hyp), model.heads[0].nl, model.nc, opt.img_size))
@@ -133,7 +134,7 @@ def _train(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt:
 
 def _train_dualres(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:
     """A DualRes resolution router (paper Sec. 3.1.2) around a frozen detector."""
-    torch.manual_seed(opt.seed + max(dist_info.rank, 0))
+    seed_all(opt.seed + max(dist_info.rank, 0))
     model, extra = _dualres_model(opt, device, resume_ckpt)
     data = _data(opt, model)
     compute_loss = detector_loss(model, opt.img_size, opt.hyp)

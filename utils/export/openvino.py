@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +44,7 @@ from utils.export.openvino_model import (  # noqa: F401  (re-exported: the backe
     ov_version,
     read_ir_metadata,
 )
-from utils.io import file_mode, fsync_path
+from utils.io import atomic_write_dir
 
 ONNX_FORMAT = "dydet-onnx-v1"  # what utils.export.onnx_model writes (checked on the source file)
 
@@ -147,46 +145,18 @@ def save_ir(model, out_dir: str | Path, meta: dict, name: str, compress_to_fp16:
     """Write ``<out_dir>/<name>.xml/.bin`` + ``metadata.json`` atomically; returns ``out_dir``.
 
     Everything goes to a temporary folder beside ``out_dir``, ``check(folder)`` runs on it, and
-    only then it replaces ``out_dir`` (an old folder of that name is removed once the new one
-    is in place). On any failure the temporary folder is deleted and ``out_dir`` is untouched.
+    only then it replaces ``out_dir`` (:func:`utils.io.atomic_write_dir`: one atomic swap on
+    Linux). On any failure, a full disk or a kill, ``out_dir`` keeps the previous export.
     """
     ov = openvino_module()
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    old = None
-    try:
-        model = model.clone()
-        model.set_rt_info(json.dumps(meta), RT_INFO_PATH)
-        ov.save_model(model, str(tmp / f"{name}.xml"), compress_to_fp16=compress_to_fp16)
+
+    def write(tmp: Path) -> None:
+        ir = model.clone()
+        ir.set_rt_info(json.dumps(meta), RT_INFO_PATH)
+        ov.save_model(ir, str(tmp / f"{name}.xml"), compress_to_fp16=compress_to_fp16)
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        _settle(tmp)
-        if check is not None:
-            check(tmp)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
-            os.replace(out_dir, old / out_dir.name)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and (old / out_dir.name).exists() and not out_dir.exists():
-            os.replace(old / out_dir.name, out_dir)  # put the previous export back
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    fsync_path(out_dir.parent)
-    return out_dir
 
-
-def _settle(folder: Path) -> None:
-    """The usual permissions (mkdtemp makes 0700) and every file flushed before the rename."""
-    mode = file_mode()
-    for f in folder.iterdir():
-        os.chmod(f, mode)
-        fsync_path(f)
-    os.chmod(folder, mode | (mode & 0o444) >> 2)  # directories also get x where they get r
-    fsync_path(folder)
+    return atomic_write_dir(out_dir, write, check)
 
 
 def export_openvino(onnx_path: str | Path, out_dir: str | Path | None = None, *, compress_to_fp16: bool = False,

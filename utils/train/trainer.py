@@ -18,6 +18,7 @@ from utils.torch_utils import DistInfo, ModelEMA, de_parallel, train_keep_frozen
 from utils.train.loop import EpochLoop, Progress, RunLog
 from utils.train.loss import ComputeLoss, scale_loss_gains
 from utils.train.optim import build_optimizer, one_cycle, warmup
+from utils.train.rng import capture_rng, restore_rng
 from utils.weights.checkpoints import save_checkpoint
 
 LOGGER = logging.getLogger("dydet.train")
@@ -44,7 +45,9 @@ Validator = Callable[[nn.Module, int, bool], "EvalResult | None"]  # (model, epo
 class Trainer(EpochLoop):
     """Owns model, optimizer, EMA and loaders for one run; ``fit()`` runs the remaining epochs.
 
-    ``record`` is the run's full options as plain values, stored in last.pt for ``--resume``.
+    ``record`` is the run's full options as plain values, stored in last.pt for ``--resume``
+    together with the weights, optimizer, EMA counter and random state (:mod:`utils.train.rng`):
+    a single-process run with ``workers=0`` on CPU resumes bit-identically.
     """
 
     model: nn.Module
@@ -95,9 +98,19 @@ class Trainer(EpochLoop):
         if self.ema is not None:
             self.ema.updates = int(extra["ema_updates"])
             self.log.resume_at(self.progress.epoch)
-        self.scheduler.last_epoch = self.progress.epoch - 1
+        self.scheduler.last_epoch = self.progress.epoch  # as after the interrupted run's last step()
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * self.lf(self.progress.epoch)
+        self._restore_rng(extra)
+
+    def _restore_rng(self, extra: dict) -> None:
+        """The random state of the interrupted run's epoch end (single process: under torchrun
+        only the main process's state is stored, so the other ranks draw afresh)."""
+        if "rng" not in extra:
+            LOGGER.warning("checkpoint has no random state (older version): the resumed run continues, "
+                           "but not bit-identically to an uninterrupted one")
+        elif self.dist.rank < 0:
+            restore_rng(extra["rng"], self.train_loader)
 
     # ---- loop --------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> np.ndarray:
@@ -170,7 +183,7 @@ class Trainer(EpochLoop):
             "epoch": epoch, "best_fitness": self.progress.best_fitness, "ema_updates": self.ema.updates,
             "optimizer": self.optimizer.state_dict(),
             "train_model": {k: v.detach().cpu() for k, v in de_parallel(self.model).state_dict().items()},
-            "train_opt": self.record, "hyp": self.hyp,
+            "train_opt": self.record, "hyp": self.hyp, "rng": capture_rng(self.train_loader),
         }
         meta = {"epoch": epoch, "stage": "stage1", "run": str(self.save_dir)}
         kw = {"names": self.names, "img_size": self.loop.img_size, "meta": meta}
