@@ -38,6 +38,7 @@ VID_SUFFIXES = frozenset({".asf", ".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4"
                           ".ts", ".webm", ".wmv"})
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 OPEN_TIMEOUT_MS = 10_000
+READ_TIMEOUT_MS = 10_000  # a stream silent this long fails its read (then is reconnected)
 MAX_BAD_FRAMES = 10  # undecodable video frames in a row that end a video file
 STREAM_RETRIES = 3  # reconnection attempts when a stream or webcam stops delivering frames
 RETRY_DELAY_S = 1.0  # wait before each reconnection attempt
@@ -83,7 +84,8 @@ def _is_url(text: str) -> bool:
 
 def _open_capture(target: int | str, what: str) -> cv2.VideoCapture:
     """An opened ``cv2.VideoCapture`` or :class:`SourceError` naming ``what``."""
-    cap = cv2.VideoCapture(target, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS])
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
+    cap = cv2.VideoCapture(target, cv2.CAP_ANY, params)
     if not cap.isOpened():
         cap.release()
         raise SourceError(f"cannot open {what}")
@@ -106,12 +108,13 @@ def video_frames(path: PathLike) -> Iterator[Frame]:
 
     A frame that cannot be decoded in the middle of the file is skipped with a warning naming
     the file and the frame, and reading goes on; :data:`MAX_BAD_FRAMES` failures in a row end
-    the video (with a warning if the container announced more frames).
+    the video (with a warning if the container announced more frames). The announced frame
+    count is only used for that warning: it is an estimate in some containers.
     """
     cap = _open_capture(str(path), f"video {path}")
     fps, total, index, bad = _fps(cap), _frame_count(cap), 0, 0
     try:
-        while bad < MAX_BAD_FRAMES and not (total and index >= total):
+        while bad < MAX_BAD_FRAMES:
             ok, img = cap.read()
             if not ok:
                 bad, index = bad + 1, index + 1
@@ -122,9 +125,9 @@ def video_frames(path: PathLike) -> Iterator[Frame]:
             bad = 0
             yield Frame(to_bgr_uint8(img), str(path), index, fps)
             index += 1
-        if bad and total and index - bad < total - 1:
-            LOGGER.warning("video %s: stopped after %d unreadable frames in a row at frame %d of %d",
-                           path, bad, index - bad, total)
+        if total and index - bad < total:
+            LOGGER.warning("video %s: stopped at frame %d of %d (%d reads in a row failed)",
+                           path, index - bad, total, bad)
     finally:
         cap.release()
 
@@ -190,7 +193,7 @@ class CaptureSource:
     reopened up to :data:`STREAM_RETRIES` times, :data:`RETRY_DELAY_S` apart (frame numbers go
     on); then it is dropped with a warning, and iteration ends normally when none is left, so
     the caller saves what was done. A capture that announces a frame count (a file served as a
-    stream) ends, without retries, once that many frames were read.
+    stream) is not reconnected: it has ended.
     """
 
     live = True
@@ -232,13 +235,10 @@ class CaptureSource:
                 continue
         return False
 
-    def _read(self, k: int, count: int) -> np.ndarray | None:
-        """The next frame of stream ``k`` (``count`` read so far), or None when it is over."""
-        total = _frame_count(self.caps[k])
-        if total and count >= total:
-            return None
+    def _read(self, k: int) -> np.ndarray | None:
+        """The next frame of stream ``k``, reconnecting a live one; None when it is over."""
         ok, img = self.caps[k].read()
-        while not ok and not total and self._reconnect(k):
+        while not ok and not _frame_count(self.caps[k]) and self._reconnect(k):
             ok, img = self.caps[k].read()
         return img if ok else None
 
@@ -249,7 +249,7 @@ class CaptureSource:
         try:
             while active:
                 for k in list(active):
-                    img = self._read(k, index[k])
+                    img = self._read(k)
                     if img is None:
                         self._log_end(k, index[k])
                         active.remove(k)
