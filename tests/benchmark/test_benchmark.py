@@ -149,6 +149,7 @@ def test_skip_parsing_and_plain_counterparts() -> None:
 def _tiny_run(tmp_path: Path, **kw) -> dict:
     opts = dict(cfg="dy-yolov7-tiny", img_size=64, reps=2, warmup=0, batch=4, router_batch=2, threads=1,
                 device="cpu", out=str(tmp_path))
+    kw["skip"] = ",".join(filter(None, [kw.get("skip", ""), "peak,deploy"]))  # tested in test_deploy.py
     return benchmark.run(**{**opts, **kw})
 
 
@@ -184,7 +185,7 @@ def test_end_to_end_tiny(tmp_path: Path) -> None:
     assert "onnx" not in rec and {g["goal"] for g in saved["goals"]} >= {"routing_overhead", "mixed_efficiency"}
     for title in ("## Latency", "## Mixed batch", "## Router training", "## Goals"):
         assert title in md
-    assert saved["meta"]["torch_threads"] == 1 and saved["meta"]["options"]["skip"] == "onnx"
+    assert saved["meta"]["torch_threads"] == 1 and saved["meta"]["options"]["skip"] == "onnx,peak,deploy"
 
 
 @pytest.mark.parametrize("missing", ["onnx", "onnxruntime"])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from utils.defaults import PROJECT
 from utils.options import option
 
-SECTIONS = ("fused", "fast", "mixed", "onnx", "router")
+SECTIONS = ("fused", "fast", "mixed", "onnx", "router", "peak", "deploy")
 
 
 @dataclass
@@ -19,6 +19,8 @@ class BenchmarkOptions:
     warmup: int = option(2, "untimed repetitions first")
     batch: int = option(16, "mixed-batch size (half of it hard)")
     router_batch: int = option(16, "router-training batch compared with batch 1")
+    deploy_batch: list[int] = option([1, 16], "deploy section: batch sizes per backend (the largest also mixed)")
+    calib_images: int = option(8, "deploy section: INT8 calibration images (random, both routes)")
     threads: int = option(0, "torch and ONNX Runtime threads (0: library default)")
     device: str = option("", "cpu or a CUDA index (default: CUDA 0 if available)")
     out: str = option(PROJECT["benchmark"], "folder for benchmark.json and benchmark.md")
@@ -27,3 +29,4 @@ class BenchmarkOptions:
     def __post_init__(self) -> None:
         self.cfg = [self.cfg] if isinstance(self.cfg, str) else list(self.cfg)
         self.img_size = [self.img_size] if isinstance(self.img_size, int) else list(self.img_size)
+        self.deploy_batch = [self.deploy_batch] if isinstance(self.deploy_batch, int) else list(self.deploy_batch)

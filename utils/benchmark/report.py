@@ -95,10 +95,62 @@ def router_table(configs: Sequence[Mapping]) -> list[str]:
     return ["## Router training", ""] + (_table(header, rows) if rows else []) + ([""] + notes if notes else [])
 
 
+def peaks_table(peaks: Mapping | None) -> list[str]:
+    """Measured GEMM peak per data type next to the theoretical one (issue #13)."""
+    if not peaks:
+        return []
+    rows = []
+    for dtype in ("fp32", "bf16", "int8"):
+        p = peaks.get(dtype) or {}
+        theory = p.get("theoretical") or {}
+        rows.append([dtype, _num(p.get("measured")), p.get("backend") or "—", _num(theory.get("gflops")),
+                     _pct(p.get("fraction_of_theoretical")), theory.get("formula", "—")])
+    return [f"## Measured peak ({peaks.get('threads')} threads, {peaks.get('n')}² GEMM; GOP/s for int8)", ""] + \
+        _table(["type", "measured GFLOP/s", "backend", "theoretical", "measured / theoretical", "theoretical ="], rows)
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.0f}%"
+
+
+def deploy_table(configs: Sequence[Mapping]) -> list[str]:
+    """Per config, backend: ms per image per route and batch, GFLOP/s, fractions of peak, ratios."""
+    lines: list[str] = []
+    for c in configs:
+        d = c.get("deploy") or {}
+        m = d.get("metrics")
+        if not m:
+            continue
+        batches = d["batches"]
+        big = max(batches)
+        header = ["backend"] + [f"b{b} {r} ms/img" for b in batches for r in ("easy", "hard")] + \
+            ["b1 easy GFLOP/s", "of measured peak", "of theoretical", "vs fast path (b1 easy/hard)",
+             "dynamic/static (worst)", f"mixed b{big} / ideal"]
+        rows = []
+        for name, r in m.items():
+            if name == "vs_fast":
+                continue
+            e1 = r.get("b1_easy", {})
+            vs = m["vs_fast"].get(name, {})
+            dyn = [v["dynamic_vs_static"] for v in r.values() if isinstance(v, dict) and v.get("dynamic_vs_static")]
+            rows.append([f"`{name}`"] + [_num(r.get(f"b{b}_{rt}", {}).get("ms_per_image"), 2)
+                                         for b in batches for rt in ("easy", "hard")] +
+                        [_num(e1.get("gflops_per_s")), _pct(e1.get("fraction_of_measured_peak")),
+                         _pct(e1.get("fraction_of_theoretical_peak")),
+                         "1" if name == "pt_fast" else f"{_num(vs.get('b1_easy'), 2)} / {_num(vs.get('b1_hard'), 2)}",
+                         _num(max(dyn), 3) if dyn else "—", _num(r.get("mixed_efficiency"), 3)])
+        lines += [f"## Deployment backends: `{c['cfg']}` @ {c['img_size']} (easy {c['gflops'].get('easy', 0):.1f}, "
+                  f"hard {c['gflops'].get('hard', 0):.1f} GFLOPs)", ""] + _table(header, rows)
+        notes = [f"`{k}`: {v}" for k, v in d.get("status", {}).items() if v != "ok"]
+        lines += [""] + ["; ".join(notes)] if notes else []
+        lines.append("")
+    return lines
+
+
 def goals_table(goals: Sequence[Mapping]) -> list[str]:
     rows = [[g["description"], f"`{g['cfg']}` @ {g['img_size']}", _num(g["value"], 3), g["target"],
              "yes" if g["met"] else "**no**"] for g in goals]
-    return ["## Goals (issue #6)", ""] + _table(["goal", "config", "value", "target", "met"], rows) if rows else []
+    return ["## Goals (issues #6, #13)", ""] + _table(["goal", "config", "value", "target", "met"], rows) if rows else []
 
 
 def markdown(result: Mapping) -> str:
@@ -108,7 +160,10 @@ def markdown(result: Mapping) -> str:
              f"{meta['cpu']}, {meta['cpu_count']} cores, {meta['torch_threads']} torch threads, device "
              f"{meta['device']}; torch {meta['torch']}, onnxruntime {meta.get('onnxruntime')}; git {meta.get('git')}; "
              f"{meta['time']}; load average before {meta.get('load_before')}, after {meta.get('load_after')}.", ""]
-    for section in (latency_table(configs), mixed_table(configs), onnx_table(configs), router_table(configs),
+    if meta.get("cpu_flags"):
+        lines += [f"CPU flags: {' '.join(meta['cpu_flags'])}.", ""]
+    for section in (peaks_table(result.get("peaks")), latency_table(configs), mixed_table(configs),
+                    onnx_table(configs), deploy_table(configs), router_table(configs),
                     goals_table(result.get("goals", []))):
         if section:
             lines += section + [""]

@@ -28,10 +28,13 @@ from models.flops import route_gflops
 from models.parse import find_cfg
 from models.yolo import build_model
 from utils.benchmark.options import SECTIONS, BenchmarkOptions
+from utils.benchmark.peak import measured_peaks
+from utils.benchmark.plot import latency_plot
 from utils.benchmark.report import markdown
 from utils.benchmark.runtimes import onnx_section
 from utils.benchmark.stats import check_goals, latency_metrics, mixed_metrics, summarize
 from utils.benchmark.timing import interleaved, prepare
+from utils.cpu import cpu_flags
 from utils.options import options_dict
 from utils.torch_utils import select_device
 from utils.weights.checkpoints import git_hash
@@ -120,7 +123,7 @@ def split_batch(model: torch.nn.Module, batch: int, img_size: int, device: torch
     output = [m for m in model.router.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]  # its last layer
     with torch.no_grad():
         output.weight.mul_(1e3)
-    phi = model.difficulty(x).float().cpu()
+    phi = model.difficulty(x).detach().float().cpu()
     s = phi.sort().values
     k = batch - batch // 2  # images at or below the threshold stay easy
     threshold = float(s[k - 1] + s[k]) / 2
@@ -174,20 +177,25 @@ def run_benchmark(opt: BenchmarkOptions) -> dict:
     t0 = time.perf_counter()
     result = {"meta": {**machine_info(device), "load_before": _load(), "options": _options(opt)}}
     try:
+        if "peak" not in skip:
+            _log("measured GEMM peaks (fp32, bf16, int8)", t0)
+            result["peaks"] = measured_peaks(opt.threads or None)
         benches = [ConfigBench(c, s, device, opt) for c in opt.cfg for s in opt.img_size]
-        _run_sections(benches, opt, skip, t0)
+        _run_sections(benches, opt, skip, t0, result.get("peaks"))
     finally:
         fastpath.keep_freed_memory(False)
         torch.set_num_threads(threads)
     records = [b.record for b in benches]
     result["meta"].update(load_after=_load(), seconds=round(time.perf_counter() - t0, 1))
     result["configs"] = records
-    result["goals"] = check_goals(records, "fast" if "fast" not in skip else "fused")
+    result["goals"] = check_goals(records, "fast" if "fast" not in skip else "fused", cpu_flags())
+    result["meta"]["cpu_flags"] = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "vnni")))
     result["files"] = write_outputs(result, Path(opt.out))
     return result
 
 
-def _run_sections(benches: list[ConfigBench], opt: BenchmarkOptions, skip: set[str], t0: float) -> None:
+def _run_sections(benches: list[ConfigBench], opt: BenchmarkOptions, skip: set[str], t0: float,
+                  peaks: dict | None = None) -> None:
     """The plain-eager mode first (default allocator), then everything on the fast path."""
     if "fused" not in skip:
         for b in benches:
@@ -206,8 +214,16 @@ def _run_sections(benches: list[ConfigBench], opt: BenchmarkOptions, skip: set[s
         if "onnx" not in skip and b.model.is_dynamic:
             _log(f"{b.cfg} @ {b.img_size}: ONNX Runtime", t0)
             b.record["onnx"] = onnx_section(b, mode)
+        if "deploy" not in skip and b.model.is_dynamic and tuple(getattr(b.model, "route_names", ("easy", "hard"))) == ("easy", "hard"):
+            from utils.benchmark.deploy import (
+                deploy_section,  # exports and quantizes (slow imports)
+            )
+            _log(f"{b.cfg} @ {b.img_size}: deploy (PyTorch, ONNX Runtime, OpenVINO; fp32, bf16, INT8)", t0)
+            b.record["deploy"] = deploy_section(b, tuple(opt.deploy_batch), peaks, opt.calib_images)
         if "router" not in skip and b.model.is_dynamic:
-            from utils.benchmark.router_training import router_section  # imports the data pipeline (slow)
+            from utils.benchmark.router_training import (
+                router_section,  # imports the data pipeline (slow)
+            )
             _log(f"{b.cfg} @ {b.img_size}: router training", t0)
             b.record["router_training"] = router_section(b)
 
@@ -236,4 +252,7 @@ def write_outputs(result: dict, out: Path) -> dict[str, str]:
     files = {"json": out / "benchmark.json", "markdown": out / "benchmark.md"}
     files["json"].write_text(json.dumps(result, indent=1, default=str) + "\n", encoding="utf-8")
     files["markdown"].write_text(markdown(result), encoding="utf-8")
+    plot = latency_plot(result.get("configs", []), out / "benchmark_latency.png")
+    if plot is not None:
+        files["plot"] = plot
     return {k: str(v) for k, v in files.items()}

@@ -143,13 +143,18 @@ def _worst(values: list, pick) -> float | None:
     return pick(values) if values else None
 
 
-def check_goals(cfg_records: Sequence[Mapping], mode: str) -> list[dict]:
-    """One row per (config, goal) that was measured: value, target and whether it is met."""
+def check_goals(cfg_records: Sequence[Mapping], mode: str, flags: frozenset[str] = frozenset()) -> list[dict]:
+    """One row per (config, goal) that was measured: value, target and whether it is met.
+
+    Issue #6's goals (:data:`GOALS`) and, for records with a deploy section, issue #13's
+    (:func:`utils.benchmark.deploy.deploy_goals`; ``flags``: the CPU's, for the AVX2-only target).
+    """
+    from utils.benchmark.deploy import deploy_goals
     rows = []
     for rec in cfg_records:
         values = goal_values(rec, mode)
-        for key, text, op, target in GOALS:
-            v = values[key]
+        measured = [(key, text, op, target, values[key]) for key, text, op, target in GOALS]
+        for key, text, op, target, v in measured + deploy_goals(dict(rec), flags):
             if v is not None:
                 met = v <= target if op == "<=" else v >= target
                 rows.append({"cfg": rec["cfg"], "img_size": rec["img_size"], "goal": key, "description": text,
