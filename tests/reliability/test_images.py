@@ -180,3 +180,23 @@ def test_animated_gif_first_frame_as_image_every_frame_as_source(tmp_path: Path)
     frames = list(open_source(path))
     assert [f.index for f in frames] == [0, 1, 2, 3]
     assert [round(float(f.img.mean())) for f in frames] == pytest.approx(colours, abs=3)
+
+
+def test_extreme_sides_through_mosaic_mixup_and_rect_batches(tmp_path: Path) -> None:
+    """Training augmentation (mosaic, mixup, perspective, flips) and rectangular batches on a mix
+    of 1-pixel and 10000-pixel sides: every item at the model size, every box inside it."""
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    for h, w in [*SIDES, (5, 7)]:
+        cv2.imwrite(str(tmp_path / "images" / f"{h}x{w}.png"), np.full((h, w, 3), 200, np.uint8))
+        (tmp_path / "labels" / f"{h}x{w}.txt").write_text("0 0.5 0.5 1 1\n")
+    hyp = {"mosaic": 1.0, "mixup": 0.5, "degrees": 10, "translate": 0.1, "scale": 0.5, "shear": 2,
+           "perspective": 0.0005, "fliplr": 0.5, "flipud": 0.5}
+    for rect in (False, True):
+        ds = YoloDataset(tmp_path / "images", img_size=64, augment=not rect, hyp=hyp, rect=rect,
+                         batch_size=2, cache_dir=tmp_path / "cache")
+        for k in range(3 * len(ds)):
+            img, labels, _, _ = ds[k % len(ds)]
+            assert max(img.shape[1:]) == 64 and img.shape[0] == 3
+            boxes = labels[:, 2:].numpy()
+            assert np.isfinite(boxes).all() and (boxes >= 0).all() and (boxes <= 1 + 1e-6).all()
