@@ -11,8 +11,8 @@ import psutil
 import pytest
 
 import detect
-import utils.data.sources as sources
 from tests.conftest import tiny_checkpoint
+from utils.data import sources
 from utils.data.sources import CaptureSource, iter_batches, open_source
 
 REAL_CAPTURE = cv2.VideoCapture
@@ -88,7 +88,7 @@ class FakeStream:
     def __init__(self, n_frames: int, start: int, log: list[str]) -> None:
         self.n, self.start, self.read_count, self.log, self.opened = n_frames, start, 0, log, True
 
-    def isOpened(self) -> bool:  # noqa: N802 - cv2's name
+    def isOpened(self) -> bool:  # cv2's name
         return self.opened
 
     def get(self, prop: int) -> float:
