@@ -148,6 +148,13 @@ def test_each_drop_gets_its_own_retries(monkeypatch: pytest.MonkeyPatch) -> None
     assert log.count("open None") == 3 + sources.STREAM_RETRIES
 
 
+def test_stream_that_opens_but_gives_no_frame_is_not_retried_forever(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "rtsp://127.0.0.1:8554/mute"
+    log = _fake_drops(monkeypatch, url, [2] + [0] * 20)  # reconnections open, but never deliver
+    frames = list(CaptureSource([url]))
+    assert len(frames) == 2 and log.count("open 0") == sources.STREAM_RETRIES
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("w") / "dy.pt")

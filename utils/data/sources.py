@@ -221,25 +221,27 @@ class CaptureSource:
         for cap in self.caps:
             cap.release()
 
-    def _reconnect(self, k: int) -> bool:
-        """Reopen stream ``k`` (up to :data:`STREAM_RETRIES` attempts); False if it stays down."""
+    def _reopen(self, k: int, attempt: int) -> bool:
+        """Release stream ``k`` and open it again; False if it does not open."""
+        LOGGER.warning("%s: no frame; reconnecting (attempt %d of %d)", self.labels[k], attempt,
+                       STREAM_RETRIES)
         self.caps[k].release()
-        for attempt in range(1, STREAM_RETRIES + 1):
-            LOGGER.warning("%s: no frame; reconnecting (attempt %d of %d)", self.labels[k],
-                           attempt, STREAM_RETRIES)
-            time.sleep(RETRY_DELAY_S)
-            try:
-                self.caps[k] = _open_capture(self.targets[k], self._what(self.targets[k]))
-                return True
-            except SourceError:
-                continue
-        return False
+        time.sleep(RETRY_DELAY_S)
+        try:
+            self.caps[k] = _open_capture(self.targets[k], self._what(self.targets[k]))
+        except SourceError:
+            return False
+        return True
 
     def _read(self, k: int) -> np.ndarray | None:
-        """The next frame of stream ``k``, reconnecting a live one; None when it is over."""
+        """The next frame of stream ``k``, or None when it is over: a live stream gets
+        :data:`STREAM_RETRIES` reconnections (opens that give no frame count too) per drop."""
         ok, img = self.caps[k].read()
-        while not ok and not _frame_count(self.caps[k]) and self._reconnect(k):
-            ok, img = self.caps[k].read()
+        attempt = 0
+        while not ok and not _frame_count(self.caps[k]) and attempt < STREAM_RETRIES:
+            attempt += 1
+            if self._reopen(k, attempt):
+                ok, img = self.caps[k].read()
         return img if ok else None
 
     def __iter__(self) -> Iterator[Frame]:
