@@ -7,10 +7,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from utils.data.datasets import YoloDataset
-from utils.data.images import read_image
+from utils.data.images import ImageReadError, read_image
 from utils.data.sources import ArraySource, letterbox_batch, open_source
 
 RED_BGR = (0, 0, 255)
@@ -200,3 +202,37 @@ def test_extreme_sides_through_mosaic_mixup_and_rect_batches(tmp_path: Path) -> 
             assert max(img.shape[1:]) == 64 and img.shape[0] == 3
             boxes = labels[:, 2:].numpy()
             assert np.isfinite(boxes).all() and (boxes >= 0).all() and (boxes <= 1 + 1e-6).all()
+
+
+# --------------------------------------------------------------------------- fuzzed image bytes
+HEADERS = [b"", b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"II*\x00", b"RIFF\x00\x00\x00\x00WEBP", b"BM"]
+
+
+@pytest.fixture(scope="module")
+def valid_jpeg() -> bytes:
+    ok, buf = cv2.imencode(".jpg", _upright()[..., ::-1])
+    assert ok
+    return buf.tobytes()
+
+
+@settings(max_examples=100, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=st.sampled_from(HEADERS), body=st.binary(max_size=2000),
+       cut=st.floats(0, 1), flips=st.lists(st.integers(0, 10**6), max_size=8))
+def test_fuzzed_image_bytes_decode_or_raise_image_read_error(
+        tmp_path_factory: pytest.TempPathFactory, valid_jpeg: bytes, header: bytes, body: bytes,
+        cut: float, flips: list[int]) -> None:
+    """Random bytes behind real headers, and a real JPEG truncated and with bytes flipped:
+    an upright-sized BGR image or ImageReadError, never another exception."""
+    damaged = bytearray(valid_jpeg[:max(1, int(len(valid_jpeg) * cut))])
+    for i in flips:
+        damaged[i % len(damaged)] ^= 0x5A
+    folder = tmp_path_factory.mktemp("bytes")
+    for name, data in (("noise.jpg", header + body), ("damaged.jpg", bytes(damaged))):
+        (folder / name).write_bytes(data)
+        try:
+            img = read_image(folder / name)
+        except ImageReadError as e:
+            assert name in str(e)
+            continue
+        assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
