@@ -36,6 +36,7 @@ TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.pid(?P<pid>\d+)-[A-Za-z0-9_]+\.(?P<kin
 # fsync errors meaning "not supported here" (some file systems, folders on some platforms)
 FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EBADF})
 AT_FDCWD, RENAME_EXCHANGE = -100, 2
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def file_mode() -> int:
@@ -132,11 +133,30 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any],
             check(tmp)
         fsync_path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        full = _hidden_disk_error(e)
+        if full is not None:
+            raise OSError(full.errno, full.strerror, str(path)) from e
         raise
     fsync_path(path.parent)
     return path
+
+
+def _hidden_disk_error(error: BaseException) -> OSError | None:
+    """A full-disk OSError that a library's clean-up replaced by its own error, if any.
+
+    ``torch.save`` is one: when a write fails with ENOSPC its zip writer's ``__exit__`` raises
+    "RuntimeError: [enforce fail at inline_container.cc] unexpected pos", which hides the cause.
+    """
+    if isinstance(error, OSError):
+        return None
+    seen = error.__context__
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DISK_FULL:
+            return seen
+        seen = seen.__context__
+    return None
 
 
 def atomic_write_dir(path: str | Path, write: Callable[[Path], Any],
