@@ -11,6 +11,7 @@ those of a run that was never interrupted.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import random
 import signal
@@ -102,7 +103,7 @@ def kill_at_random(cmd: list[str], last: Path, window: float, rng: random.Random
 
 def resume(script: str, last: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, script, "--resume", str(last)], cwd=REPO, env=ENV, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=900, check=False)
 
 
 def differences(a: Any, b: Any, where: str = "") -> list[str]:
@@ -119,7 +120,8 @@ def differences(a: Any, b: Any, where: str = "") -> list[str]:
         if len(a) != len(b):
             return [f"{where}: length {len(a)} != {len(b)}"]
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{i}]")]
-    return [] if a == b or (a != a and b != b) else [f"{where}: {a!r} != {b!r}"]  # NaN == NaN here
+    both_nan = isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+    return [] if a == b or both_nan else [f"{where}: {a!r} != {b!r}"]
 
 
 def results(run_dir: Path) -> list[dict[str, str]]:
