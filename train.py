@@ -4,6 +4,11 @@
     python train.py --cfg dy-yolov7 --weights yolov7.pt --data coco.yaml        # warm start
     python train.py --resume runs/train/exp/weights/last.pt
     torchrun --nproc_per_node 2 train.py --cfg dy-yolov7-tiny --data ... --device cpu
+
+``--resume`` after a crash or a SIGKILL continues from the last finished epoch. A single-process
+run with ``--workers 0`` on CPU then ends bit-identically to an uninterrupted one (the random
+state is stored in last.pt, utils/train/rng.py); with workers or under torchrun it continues
+correctly but draws other augmentations.
 """
 from __future__ import annotations
 

@@ -8,6 +8,10 @@
     torchrun --nproc_per_node 2 train_router.py --weights best.pt --data pets.yaml --device cpu
     python train_router.py --router dualres --weights plain.pt --data pets.yaml       # DualRes around any detector
     python train_router.py --router dualres --weights other.pt --router-from dualres.pt --data pets.yaml
+
+``--resume`` after a crash or a SIGKILL ends, on CPU, bit-identically to an uninterrupted run: the
+router's batches and noise are pure functions of (seed, epoch) and the samples are recollected
+from the frozen detectors without augmentation.
 """
 from __future__ import annotations
 
