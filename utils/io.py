@@ -98,16 +98,19 @@ def clean_stale(path: str | Path) -> list[Path]:
         match = TEMP_NAME.match(entry.name)
         if match is None or match["name"] != path.name or pid_alive(int(match["pid"])):
             continue
-        if match["kind"] == "old" and (entry / path.name).exists() and not path.exists():
-            os.replace(entry / path.name, path)
-        _remove(entry)
+        try:
+            if match["kind"] == "old" and (entry / path.name).exists() and not path.exists():
+                os.replace(entry / path.name, path)
+            _remove(entry)
+        except OSError:  # another user's, in a shared folder: not ours to remove, and harmless
+            continue
         removed.append(entry)
     return removed
 
 
 def _remove(entry: Path) -> None:
     if entry.is_dir() and not entry.is_symlink():
-        shutil.rmtree(entry, ignore_errors=True)
+        shutil.rmtree(entry)
     else:
         entry.unlink(missing_ok=True)
 

@@ -69,16 +69,21 @@ def router_cmd(data: dict, project: Path, name: str) -> list[str]:
 
 
 def checkpointed_span(cmd: list[str], last: Path) -> float:
-    """Run ``cmd`` to completion; returns the seconds from its first last.pt to its end."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    first = None
-    while proc.poll() is None:
-        if first is None and last.exists():
-            first = time.monotonic()
-        time.sleep(0.02)
-    end = time.monotonic()
-    assert proc.returncode == 0, proc.stderr.read()[-3000:]
-    return end - (first if first is not None else end)
+    """Run ``cmd`` to completion; returns the seconds from its first last.pt to its final one
+    (kills within that span interrupt an epoch after the first)."""
+    log = last.parents[1].with_suffix(".log")  # not a pipe: a full pipe would stall the run
+    with open(log, "w", encoding="utf-8") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
+        first = latest = seen = None
+        while proc.poll() is None:
+            stamp = last.stat().st_mtime_ns if last.exists() else None
+            if stamp is not None and stamp != seen:
+                seen, latest = stamp, time.monotonic()
+                first = first if first is not None else latest
+            time.sleep(0.01)
+    assert proc.returncode == 0, log.read_text(encoding="utf-8")[-3000:]
+    assert first is not None and latest > first, "too fast to watch: make the run longer"
+    return latest - first
 
 
 def kill_at_random(cmd: list[str], last: Path, window: float, rng: random.Random) -> tuple[float, bool]:
