@@ -94,3 +94,13 @@ def tiny_checkpoint(path: Path, cfg: str = "dy-yolov7-tiny", nc: int = 3, thresh
 
     names = [chr(ord("a") + i) for i in range(nc)]
     return save_checkpoint(path, build_model(cfg, nc=nc, names=names), names=names, thresholds=thresholds)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny
+    inputs gain nothing from threads, and a busy machine makes them much slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -34,13 +34,7 @@ SIZE = 64
 ATOL = 1e-3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny inputs gain nothing from threads, and a busy machine makes them much slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lively(model: torch.nn.Module, size: int = SIZE) -> torch.nn.Module:

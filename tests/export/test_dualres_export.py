@@ -15,7 +15,7 @@ from models.dualres import DualResModel
 from models.resolution_router import ResolutionRouter
 from models.yolo import build_model
 from tests.conftest import randomize_bn
-from tests.test_export import fused, one_thread  # noqa: F401 (autouse fixture)
+from tests.test_export import fused
 from utils.export.exporters import example_images
 from utils.export.onnx_model import OnnxModel
 from utils.export.parity import difference, probe_images
@@ -25,6 +25,8 @@ from utils.inference.predictor import Predictor
 from utils.routing.calibration import calibration_record
 from utils.weights.backends import load_model
 from utils.weights.checkpoints import save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIZE = 64
 ATOL = 1e-3

@@ -13,12 +13,7 @@ from utils.export.openvino import OpenVinoModel
 SIZE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_openvino_and_int8_exports_through_export_py(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import yaml
 import export
 import test as test_script
 from tests.conftest import make_dataset
-from tests.test_export import SIZE, checkpoint, fused, one_thread  # noqa: F401 (autouse fixture)
+from tests.test_export import SIZE, checkpoint, fused
 from utils.data.config import load_data_config
 from utils.data.datasets import create_dataloader
 from utils.evaluation.evaluate import evaluate
@@ -22,6 +22,8 @@ from utils.export.spec import ExportOptions
 from utils.inference.predictor import Predictor
 from utils.weights.backends import load_model
 from utils.weights.checkpoints import read_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,7 @@ SIZE = 64
 ATOL = 1e-3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spread_router(model: torch.nn.Module, size: int = SIZE) -> torch.nn.Module:

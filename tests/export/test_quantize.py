@@ -20,12 +20,7 @@ from utils.export import quantize as q  # noqa: E402
 from utils.export.onnx_model import OnnxModel  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def calibration(n: int = 12, seed: int = 1) -> torch.Tensor:
