@@ -1,11 +1,11 @@
 """What can be loaded by name: the official release weights and the demo models shipped here.
 
 ``python models/yolo.py --list`` prints this registry with every config. A zoo name
-(``dy-yolov7.pt``, ``demo-dy-yolov7-tiny.pt``) implies its config and input size; a release
-file is looked for in the working directory, ``weights/`` (the working directory's, then the
-repository's) and the download cache (``$DYDET_WEIGHTS_DIR``, default
-``~/.cache/dynamicdet/weights``), and downloaded there by :mod:`utils.weights.downloads` when
-missing. Shipped files live in the repository's ``weights/`` folder and are never downloaded.
+(``dy-yolov7.pt``, ``demo-dy-yolov7-tiny.pt``, ``demo-dualres-yolov7-tiny.pt``) implies its
+config and input size; a release file is looked for in the working directory, ``weights/`` (the
+working directory's, then the repository's) and the download cache (``$DYDET_WEIGHTS_DIR``,
+default ``~/.cache/dynamicdet/weights``), and downloaded there by :mod:`utils.weights.downloads`
+when missing. Shipped files live in the repository's ``weights/`` folder and are never downloaded.
 """
 from __future__ import annotations
 
@@ -60,10 +60,14 @@ ZOO: Mapping[str, ZooEntry] = MappingProxyType({
     )
 })
 
-# Demo models trained here on generated shapes (data/make_demo_data.py), shipped in weights/.
+# Demo models trained here on generated shapes (data/make_demo_data.py), shipped in weights/
+# (recipes: README Model zoo; scripts/make_dualres_demo.sh for the DualRes one).
 SHIPPED: Mapping[str, ZooEntry] = MappingProxyType({
     "demo-dy-yolov7-tiny.pt": ZooEntry(None, "dy-yolov7-tiny", 1 * MB, img_size=128,
                                        what="demo: 4 synthetic shapes (circle, square, triangle, cross)"),
+    "demo-dualres-yolov7-tiny.pt": ZooEntry(None, "dualres-yolov7-tiny", 1 * MB, img_size=128,
+                                            what="demo: DualRes router (96 / 128 px) around the plain demo "
+                                                 "yolov7-tiny (detector 1 of demo-dy-yolov7-tiny.pt)"),
 })
 
 

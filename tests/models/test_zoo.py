@@ -47,3 +47,43 @@ def test_list_prints_every_config_and_weights_name(capsys: pytest.CaptureFixture
     yolo.main(["--list"])
     text = capsys.readouterr().out
     assert "demo-dy-yolov7-tiny.pt" in text and "local: " in text and "not local" in text
+
+
+def test_shipped_dualres_demo_loads_strictly_and_routes_a_batch() -> None:
+    """weights/demo-dualres-yolov7-tiny.pt (scripts/make_dualres_demo.sh): a release copy of a
+    calibrated DualRes router around the plain demo yolov7-tiny, loaded strictly, routing per image."""
+    import torch
+
+    from models.dualres import DualResModel
+    from utils.weights.checkpoints import load_checkpoint, read_checkpoint
+
+    entry = registry()["demo-dualres-yolov7-tiny.pt"]
+    assert entry.url is None and entry.cfg == "dualres-yolov7-tiny" and entry.img_size == 128
+    path = find_local("demo-dualres-yolov7-tiny.pt")
+    assert path.resolve() == REPO_WEIGHTS / "demo-dualres-yolov7-tiny.pt" and path.stat().st_size >= entry.min_size
+    ckpt = read_checkpoint(path)
+    assert {v.dtype for v in ckpt["model"].values() if v.is_floating_point()} == {torch.float16}
+    assert not any(k in ckpt for k in ("optimizer", "scheduler", "epoch"))  # no training state
+    assert ckpt["names"] == ["circle", "square", "triangle", "cross"] and ckpt["img_size"] == 128
+    calib = ckpt["thresholds"]
+    assert len(calib["table"]) == 101 and calib["img_size"] == 128
+    assert calib["gflops"]["easy"] < calib["gflops"]["hard"]  # low resolution is the cheap route
+
+    model, info = load_checkpoint(path)  # strict: every tensor lands, nothing left over
+    assert isinstance(model, DualResModel) and model.route_names == ("low", "high")
+    assert model.detector.cfg["name"] == "yolov7-tiny" and model.inner_threshold is None
+    assert 0 < model.scale < 1 and info["thresholds"]["table"] == calib["table"]
+
+    model.eval()
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 128, 128)
+    with torch.no_grad():
+        phi = model.difficulty(x)
+        threshold = float(phi.median())  # a mixed batch: some low, some high
+        out = model(x, threshold=threshold)
+        assert out.pred.shape[0] == 4 and out.pred.shape[2] == 5 + 4
+        assert torch.equal(out.hard, phi > threshold) and 0 < int(out.hard.sum()) < 4
+        for i in range(4):  # each image of the mixed batch equals running it alone
+            alone = model(x[i:i + 1], threshold=threshold)
+            assert bool(alone.hard[0]) == bool(out.hard[i])
+            torch.testing.assert_close(alone.pred[0], out.pred[i], atol=1e-4, rtol=1e-4)
