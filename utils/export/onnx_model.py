@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from models.dynamic import DyOutput
+from utils.validate import describe_file
 
 LOGGER = logging.getLogger(__name__)
 FORMAT = "dydet-onnx-v1"
@@ -42,7 +43,7 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=self._providers(ort))
         except Exception as e:  # ORT raises its own exception types
-            raise ValueError(f"{self.path}: ONNX Runtime cannot load it: {e}") from e
+            raise ValueError(f"{self.path}: not an ONNX model ({describe_file(self.path, 'truncated or corrupt protobuf')})") from e
         self.meta = read_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         self._configure(self.meta)
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from models.dynamic import DyOutput
+from utils.validate import describe_file
 from utils.cpu import require_bf16
 from utils.sigaltstack import kept_sigaltstack
 
@@ -156,7 +157,7 @@ class OpenVinoModel:
         try:
             model = core.read_model(str(self.xml))
         except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
-            raise ValueError(f"{self.xml}: OpenVINO cannot read it: {e}") from e
+            raise ValueError(f"{self.xml}: not an OpenVINO IR ({describe_file(self.xml)})") from e
         self.meta = read_ir_metadata(self.xml, model)
         if precision is None:  # the IR's default; an INT8 IR runs its non-quantized ops in fp32
             precision = self.meta["openvino"].get("precision", "f32")

@@ -21,6 +21,7 @@ import logging
 import pickle
 import platform
 import subprocess
+import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch.nn as nn
 from utils.data.coco_names import COCO_NAMES
 from utils.io import atomic_write
 from utils.torch_utils import de_parallel
+from utils.validate import describe_file
 from utils.weights.safe_pickle import CheckpointError, Stub, load_restricted, module_tree_state_dict
 
 __all__ = [
@@ -171,14 +173,22 @@ def read_checkpoint(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise not_a_checkpoint(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # needs globals beyond tensors: possibly a pickled YOLOv7 model
+    except pickle.UnpicklingError as e:
+        if not zipfile.is_zipfile(path):  # random bytes, a legacy pickle: nothing safe to try
+            raise not_a_checkpoint(path) from e
+        # needs globals beyond tensors: possibly a pickled YOLOv7 model
     except Exception as e:  # noqa: BLE001  (torch raises many types for foreign files)
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint "
-                              f"({type(e).__name__}: {e})") from e
+        raise not_a_checkpoint(path) from e
     return load_restricted(path)
+
+
+def not_a_checkpoint(path: Path) -> CheckpointError:
+    """The one-line error for a file torch cannot read, saying what it seems to hold."""
+    return CheckpointError(f"{path}: not a PyTorch checkpoint ({describe_file(path)})")
 
 
 def official_weights(ckpt: Mapping) -> Any:
