@@ -25,6 +25,7 @@ from utils.inference.tally import Tally, print_summary
 from utils.inference.writer import ResultWriter
 from utils.options import make_options, option, parse_options
 from utils.paths import increment_path
+from utils.validate import check_fraction, check_img_size
 
 LOGGER = logging.getLogger("dydet.detect")
 
@@ -66,9 +67,11 @@ class Options:
 def run(options: Options | None = None, /, **kwargs) -> dict:
     """Detect on ``source`` and save the outputs; returns the summary dict (see :class:`Tally`)."""
     opt = make_options(Options, options, **kwargs)
+    check_fraction(opt.conf_thres, "--conf-thres")
+    check_fraction(opt.iou_thres, "--iou-thres")
     src = open_source(DEMO_SOURCE if opt.source is None else opt.source)
     detector = DyDet(opt.weights, cfg=opt.cfg, device=opt.device, half=opt.half)
-    img_size = opt.img_size or detector.img_size
+    img_size = check_img_size(opt.img_size, detector.stride) or detector.img_size
     how = detector.set_threshold(opt.dy_thres, target_latency=opt.target_latency, target_gflops=opt.target_gflops,
                                  img_size=img_size)
     LOGGER.info("routing: %s; input size %d", how, img_size)

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from utils.evaluation.evaluator import to_original
 from utils.inference.predictor import BatchPrediction, Predictor, check_half
 from utils.inference.results import Result
 from utils.routing.calibration import resolve_threshold
+from utils.validate import check_img_size
 from utils.weights.backends import input_size, load_model
 
 LOGGER = logging.getLogger("dydet")
@@ -151,10 +151,7 @@ class DyDet:
             if img_size != max(shape):
                 LOGGER.info("this export takes %dx%d inputs; images are fitted to that size", *shape)
             return max(shape), shape
-        size = max(self.stride, math.ceil(img_size / self.stride) * self.stride)
-        if size != img_size:
-            LOGGER.warning("image size %d is not a multiple of the stride %d; using %d", img_size, self.stride, size)
-        return size, None
+        return check_img_size(img_size, self.stride), None
 
     def __repr__(self) -> str:
         kind = f"dynamic, threshold {self._threshold:.4g}" if self.is_dynamic else "plain"

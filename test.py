@@ -24,6 +24,7 @@ from utils.inference.predictor import check_half
 from utils.io import atomic_write_text
 from utils.options import make_options, option, parse_options
 from utils.paths import increment_path
+from utils.validate import check_fraction, check_img_size
 from utils.routing.analysis import measured_latency, needs_latency, routing_analysis
 from utils.routing.calibration import resolve_threshold
 from utils.weights.backends import input_size, load_model
@@ -69,12 +70,14 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     every hard fraction 0, 10, ..., 100% from the same pass (sweep.csv, plots, AUC-Policy).
     """
     opt = make_options(Options, options, **kwargs)
+    check_fraction(opt.conf_thres, "--conf-thres")
+    check_fraction(opt.iou_thres, "--iou-thres")
     model, info = load_model(opt.weights, cfg=opt.cfg, device=opt.device, half=opt.half)
     check_half(model, opt.half)
     if hasattr(model, "optimize_for_inference"):
         model.optimize_for_inference()  # fused, CPU fast path where it applies
     names, calibration = list(info.get("names") or model.names), info.get("thresholds") or {}
-    img_size = input_size(opt.img_size, info)
+    img_size = input_size(check_img_size(opt.img_size, int(model.stride.max())), info)
     if opt.dy_sweep and not model.is_dynamic:
         raise ValueError("--dy-sweep needs a dynamic model (dy-* config)")
     if opt.dy_sweep and not hasattr(model, "forward_both"):

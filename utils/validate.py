@@ -1,9 +1,12 @@
 """Shared checks for user input: what a broken file holds, and the numeric options of the scripts."""
 from __future__ import annotations
 
+import logging
 import math
 import zipfile
 from pathlib import Path
+
+LOGGER = logging.getLogger("dydet")
 
 MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
@@ -38,3 +41,15 @@ def check_fraction(value: float | None, flag: str) -> None:
     """Raise unless ``value`` is None or a number in [0, 1]."""
     if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise ValueError(f"{flag} {value} is outside [0, 1]")
+
+
+def check_img_size(size: int | None, stride: int) -> int | None:
+    """``size`` rounded up to a multiple of ``stride`` (with a warning); None stays None, <= 0 is an error."""
+    if size is None:
+        return None
+    if size <= 0:
+        raise ValueError(f"--img-size {size} must be a positive number of pixels")
+    rounded = math.ceil(size / stride) * stride
+    if rounded != size:
+        LOGGER.warning("warning: --img-size %d is not a multiple of the stride %d; using %d", size, stride, rounded)
+    return rounded
