@@ -75,8 +75,7 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     how = detector.set_threshold(opt.dy_thres, target_latency=opt.target_latency, target_gflops=opt.target_gflops,
                                  img_size=img_size)
     LOGGER.info("routing: %s; input size %d", how, img_size)
-    save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
-    save_dir.mkdir(parents=True, exist_ok=True)
+    save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok, mkdir=True)
     sink = ResultWriter(save_dir, not opt.nosave, opt.save_txt, opt.save_conf, opt.view_img, opt.line_thickness,
                         opt.save_crop)
     tally = Tally(threshold=detector.threshold, img_size=img_size, route_names=detector.route_names)

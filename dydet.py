@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,17 @@ class DyDet:
     trained at (an export's own size), else 640. ``half``: fp16 on CUDA, bf16 on a CPU that has
     it natively (PyTorch autocast, or OpenVINO's bf16 precision for an IR); refused with a
     ValueError on a CPU without AVX512_BF16/AMX.
+
+    Thread safety: one object may be used from several threads. Image loading and
+    post-processing run in parallel; the forward passes through the shared model are serialised
+    by a lock (``self.lock``), so each thread gets exactly the results of a serial call. For
+    parallel inference, use one DyDet per thread (or process).
     """
 
     def __init__(self, weights: str | Path = DEMO_WEIGHTS, cfg: str | None = None, device: str = "",
                  fuse: bool = True, half: bool = False) -> None:
         self.half = bool(half)
+        self.lock = threading.Lock()  # one forward pass at a time through the shared model
         self.model, self.info = load_model(weights, cfg=cfg, device=device, half=self.half)
         if isinstance(self.model, torch.nn.Module):
             check_half(self.model, self.half)  # refused here, not at the first image
@@ -129,7 +136,9 @@ class DyDet:
                               agnostic_nms=agnostic_nms, max_det=max_det, half=self.half)
         size, shape = self._input_size(input_size(img_size, self.info))
         for batch in iter_batches(as_source(source), batch_size, size, self.stride, shape):
-            yield from batch_results(batch, predictor(batch.imgs, threshold), self.names, self.route_names)
+            with self.lock:
+                pred = predictor(batch.imgs, threshold)
+            yield from batch_results(batch, pred, self.names, self.route_names)
 
     def predict(self, source: Any, **kwargs: Any) -> list[Result]:
         """Detect objects in ``source``: a path, folder, glob, ``.txt`` list, video, webcam index or

@@ -82,7 +82,8 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
         raise ValueError("--dy-sweep needs a dynamic model (dy-* config)")
     if opt.dy_sweep and not hasattr(model, "forward_both"):
         raise ValueError("--dy-sweep scores both detectors on every image: pass PyTorch weights, not an export")
-    save_dir = Path(opt.save_dir) if opt.save_dir else increment_path(Path(opt.project) / opt.name, opt.exist_ok)
+    save_dir = Path(opt.save_dir) if opt.save_dir else \
+        increment_path(Path(opt.project) / opt.name, opt.exist_ok, mkdir=True)
     save_dir.mkdir(parents=True, exist_ok=True)
     loader = _loader(opt, model, img_size, len(names))
     gflops = gflops_or_empty(model, img_size)

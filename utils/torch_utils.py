@@ -163,7 +163,7 @@ def shared_run_dir(opt: Any, info: DistInfo) -> Path:
     from utils.paths import increment_path
     if getattr(opt, "save_dir", None):
         return Path(opt.save_dir)
-    path = [str(increment_path(Path(opt.project) / opt.name, opt.exist_ok))] if info.is_main else [None]
+    path = [str(increment_path(Path(opt.project) / opt.name, opt.exist_ok, mkdir=True))] if info.is_main else [None]
     if info.rank >= 0:
         dist.broadcast_object_list(path, src=0)
     opt.save_dir = path[0]
