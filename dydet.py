@@ -162,6 +162,14 @@ class DyDet:
             return max(shape), shape
         return check_img_size(img_size, self.stride), None
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles get a lock of their own (a lock cannot be copied)."""
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.Lock()
+
     def __repr__(self) -> str:
         kind = f"dynamic, threshold {self._threshold:.4g}" if self.is_dynamic else "plain"
         return f"DyDet({self.info.get('path', '?')!r}, {len(self.names)} classes, {kind})"
