@@ -17,6 +17,7 @@ another's threads).
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import tempfile
 from collections.abc import Callable
@@ -39,14 +40,27 @@ Runner = dict[str, Callable]  # 'dynamic' (x, threshold), 'easy' / 'hard' (x): s
 
 
 def deploy_section(bench, batches: tuple[int, ...], peaks: dict | None = None, calib_images: int = 8) -> dict:
-    """Latencies of every backend (see module doc) for ``bench``'s dynamic model."""
+    """Latencies of every backend (see module doc) for ``bench``'s dynamic model.
+
+    Backends are built, timed and released one at a time: a dozen runtimes with their memory
+    arenas sized for a batch of 16 at 640 px do not fit in memory together.
+    """
     logging.getLogger("nncf").setLevel(logging.WARNING)  # one line per operation otherwise
     model = copy.deepcopy(bench.model).cpu().float().eval()
     x16, threshold, hard = _mixed_inputs(model, max(batches), bench.img_size)
+    times: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="dydet-deploy-") as tmp:
-        runners, status = build_runners(model, bench.img_size, Path(tmp), bench.opt.threads or None, calib_images)
-        times = {name: time_backend(r, x16, threshold, hard, batches, bench.opt.reps, bench.opt.warmup)
-                 for name, r in runners.items()}
+        factories, status = backend_factories(model, bench.img_size, Path(tmp), bench.opt.threads or None,
+                                              calib_images)
+        for name, make in factories.items():
+            try:
+                runner = make()
+            except Exception as e:  # report and go on with the other backends
+                status[name] = f"error: {type(e).__name__}: {e}"
+                continue
+            times[name] = time_backend(runner, x16, threshold, hard, batches, bench.opt.reps, bench.opt.warmup)
+            del runner
+            gc.collect()
     lat = {b: {k: summarize(v) for k, v in t.items()} for b, t in times.items()}
     return {"status": status, "batches": list(batches), "n_hard": int(hard.sum()), "latency": lat,
             "metrics": deploy_metrics(lat, bench.record["gflops"], batches, peaks)}
@@ -65,26 +79,35 @@ def _export(model, img_size: int, route: str, out: Path, include: tuple[str, ...
     return export_model(copy.deepcopy(model).fuse(), {"names": list(model.names)}, spec, out, include=include)
 
 
-def build_runners(model, img_size: int, tmp: Path, threads: int | None, calib_images: int
-                  ) -> tuple[dict[str, Runner], dict[str, str]]:
-    """Callables per backend and a status line per backend ('ok' or why it is missing)."""
-    status: dict[str, str] = {}
-    runners: dict[str, Runner] = {}
-    for mode in ("fused", "fast"):
-        m = prepare(model, mode)
-        runners[f"pt_{mode}"] = _torch_runner(m)
-        status[f"pt_{mode}"] = "ok"
-    if cpu_info().bf16:
-        runners["pt_bf16"], status["pt_bf16"] = _torch_runner(prepare(model, "fast"), bf16=True), "ok"
-    else:
-        status["pt_bf16"] = "skipped: no native bf16 on this CPU"
+def backend_factories(model, img_size: int, tmp: Path, threads: int | None, calib: int
+                      ) -> tuple[dict[str, Callable[[], Runner]], dict[str, str]]:
+    """A function building each available backend's runner, and a status line per backend."""
+    bf16 = cpu_info().bf16
+    status = {n: "ok" for n in BACKENDS}
+    make: dict[str, Callable[[], Runner]] = {
+        "pt_fused": lambda: _torch_runner(prepare(model, "fused")),
+        "pt_fast": lambda: _torch_runner(prepare(model, "fast"))}
+    if bf16:
+        make["pt_bf16"] = lambda: _torch_runner(prepare(model, "fast"), bf16=True)
     try:
         files = {r: _export(model, img_size, r, tmp / r, ("onnx", "openvino")) for r in ("both", "easy", "hard")}
     except Exception as e:  # no exporter / runtime here, or a failed export: report, keep PyTorch's numbers
-        return runners, {**status, "exports": f"skipped: {type(e).__name__}: {e}"}
-    _onnx_runners(files, threads, runners, status, calib_images, img_size)
-    _openvino_runners(files, threads, runners, status, calib_images, img_size)
-    return runners, status
+        for n in BACKENDS[3:]:
+            status[n] = f"skipped: export failed: {type(e).__name__}: {e}"
+        return make, status
+    onnx = {r: f["onnx"] for r, f in files.items()}
+    ov = {r: f["openvino"] for r, f in files.items()}
+    make["ort_fp32"] = lambda: _ort_runner(onnx, threads)
+    make["ort_int8"] = lambda: _ort_runner(_quantize_onnx(onnx, calib, img_size), threads)
+    status["ort_int8"] = "ok (static single-route exports: ONNX Runtime's quantizer cannot keep the If)"
+    make["ov_fp32"] = lambda: _ov_runner(ov, threads, "f32")
+    if bf16:
+        make["ov_bf16"] = lambda: _ov_runner(ov, threads, "bf16")
+    make["ov_int8"] = lambda: _ov_runner(_quantize_openvino(ov, calib, img_size), threads, None)
+    status["ov_int8"] = f"ok (NNCF, {calib} random calibration images through both routes)"
+    if not bf16:
+        status["pt_bf16"] = status["ov_bf16"] = "skipped: no native bf16 on this CPU"
+    return make, status
 
 
 def _torch_runner(m: torch.nn.Module, bf16: bool = False) -> Runner:
@@ -94,46 +117,31 @@ def _torch_runner(m: torch.nn.Module, bf16: bool = False) -> Runner:
     return {"dynamic": run}  # no static counterpart: the same module with the threshold 1 / 0
 
 
-def _onnx_runners(files: dict, threads, runners: dict, status: dict, calib: int, img_size: int) -> None:
+def _ort_runner(files: dict, threads) -> Runner:
+    """ONNX Runtime sessions of the exports in ``files`` ('both' routed, 'easy' / 'hard' static)."""
     from utils.export.onnx_model import OnnxModel
+    s = {r: OnnxModel(path, threads=threads) for r, path in files.items()}
+    runner: Runner = {r: s[r] for r in ROUTES if r in s}
+    if "both" in s:
+        runner["dynamic"] = lambda x, t: s["both"](x, threshold=t)
+    return runner
+
+
+def _ov_runner(folders: dict, threads, precision: str | None) -> Runner:
+    """OpenVINO compiled models of the IR ``folders`` ('both', 'easy', 'hard')."""
+    from utils.export.openvino_model import OpenVinoModel
+    m = {r: OpenVinoModel(path, threads=threads, precision=precision) for r, path in folders.items()}
+    return {"dynamic": lambda x, t: m["both"](x, threshold=t), "easy": m["easy"], "hard": m["hard"]}
+
+
+def _quantize_onnx(files: dict, calib: int, img_size: int) -> dict:
     from utils.export.quantize import quantize_onnx
-    ort = {r: OnnxModel(files[r]["onnx"], threads=threads) for r in files}
-    runners["ort_fp32"] = {"dynamic": lambda x, t: ort["both"](x, threshold=t), "easy": ort["easy"],
-                           "hard": ort["hard"]}
-    status["ort_fp32"] = "ok"
-    try:
-        q = {r: OnnxModel(quantize_onnx(files[r]["onnx"], _calibration(calib, img_size), n=calib), threads=threads)
-             for r in ROUTES}
-        runners["ort_int8"], status["ort_int8"] = {"easy": q["easy"], "hard": q["hard"]}, \
-            "ok (static single-route exports: ONNX Runtime's quantizer cannot keep the If)"
-    except Exception as e:  # report and go on
-        status["ort_int8"] = f"error: {type(e).__name__}: {e}"
+    return {r: quantize_onnx(files[r], _calibration(calib, img_size), n=calib) for r in ROUTES}
 
 
-def _openvino_runners(files: dict, threads, runners: dict, status: dict, calib: int, img_size: int) -> None:
-    try:
-        from utils.export.openvino_model import OpenVinoModel
-        from utils.export.quantize import quantize_openvino
-    except ImportError as e:
-        status["ov_fp32"] = f"skipped: {e}"
-        return
-    precisions = {"ov_fp32": "f32", "ov_bf16": "bf16" if cpu_info().bf16 else None}
-    for name, precision in precisions.items():
-        if precision is None:
-            status[name] = "skipped: no native bf16 on this CPU"
-            continue
-        runners[name], status[name] = _ov_runner({r: OpenVinoModel(files[r]["openvino"], threads=threads,
-                                                                   precision=precision) for r in files}), "ok"
-    try:
-        q = {r: quantize_openvino(files[r]["openvino"], _calibration(calib, img_size), n=calib) for r in files}
-        runners["ov_int8"] = _ov_runner({r: OpenVinoModel(p, threads=threads) for r, p in q.items()})
-        status["ov_int8"] = f"ok (NNCF, {calib} random calibration images through both routes)"
-    except Exception as e:  # report and go on
-        status["ov_int8"] = f"error: {type(e).__name__}: {e}"
-
-
-def _ov_runner(models: dict) -> Runner:
-    return {"dynamic": lambda x, t: models["both"](x, threshold=t), "easy": models["easy"], "hard": models["hard"]}
+def _quantize_openvino(folders: dict, calib: int, img_size: int) -> dict:
+    from utils.export.quantize import quantize_openvino
+    return {r: quantize_openvino(path, _calibration(calib, img_size), n=calib) for r, path in folders.items()}
 
 
 def _calibration(n: int, img_size: int) -> torch.Tensor:
