@@ -186,7 +186,7 @@ def calibrate(opt: Options) -> dict:
     data = load_data_config(opt.data, require=("val",))
     phi = difficulty_scores(model, _val_loader(opt, data, int(model.stride.max()), model.nc), device, "val φ")
     calib = calibration_record(phi, img_size=opt.img_size, **route_costs(model, opt.img_size))
-    save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
+    save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok, mkdir=True)
     out = save_dir / "weights" / "calibrated.pt"
     meta = {"stage": "calibrated", "calibrated_from": str(opt.weights), "calibration_data": str(opt.data),
             "router_from": str(opt.router_from) if opt.router_from else None}
