@@ -18,6 +18,7 @@ from models.yolo import build_model  # noqa: E402
 from utils import cpu  # noqa: E402
 from utils.export import openvino as ovx  # noqa: E402
 from utils.export.onnx_model import OnnxModel  # noqa: E402
+from utils.export.parity import difference  # noqa: E402
 from utils.weights.checkpoints import save_checkpoint  # noqa: E402
 
 SIZE = 64
@@ -114,7 +115,7 @@ def test_dynamic_batch_routes_each_image_as_alone(exported: dict) -> None:
     with torch.no_grad():
         ref = model(x, threshold=thr)
     assert 0 < int(out.hard.sum()) < len(x) and torch.equal(out.hard, ref.hard)
-    assert ovx.max_difference(out, ref) <= ATOL
+    assert difference(out, ref) <= ATOL
     for i in range(len(x)):  # each image gets what it gets alone
         alone = backend(x[i:i + 1], threshold=thr)
         assert bool(alone.hard[0]) == bool(out.hard[i])

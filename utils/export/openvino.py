@@ -29,7 +29,6 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from models.dynamic import DyOutput
 from utils.export.openvino_model import (  # noqa: F401  (re-exported: the backend's names)
     FORMAT,
     METADATA_FILE,
@@ -44,6 +43,7 @@ from utils.export.openvino_model import (  # noqa: F401  (re-exported: the backe
     ov_version,
     read_ir_metadata,
 )
+from utils.export.parity import difference
 from utils.io import atomic_write_dir
 
 ONNX_FORMAT = "dydet-onnx-v1"  # what utils.export.onnx_model writes (checked on the source file)
@@ -160,16 +160,16 @@ def save_ir(model, out_dir: str | Path, meta: dict, name: str, compress_to_fp16:
 
 
 def export_openvino(onnx_path: str | Path, out_dir: str | Path | None = None, *, compress_to_fp16: bool = False,
-                    check: bool = True, atol: float = 1e-3, rtol: float = 1e-4, threads: int | None = None) -> Path:
+                    check: bool = True, atol: float = 1e-3, threads: int | None = None) -> Path:
     """Convert an export.py ONNX file to ``<name>_openvino/`` (or ``out_dir``); returns the folder.
 
     ``compress_to_fp16`` stores the weights as fp16 (half the file; the CPU still computes in
     fp32 after decompressing them on load). ``check``: the written IR must compile and match
-    ONNX Runtime on probe images on every route: |OpenVINO - ONNX Runtime| <= atol + rtol x
-    |ONNX Runtime| (:func:`parity_with_onnx`). The relative part is for box sizes: flat probe
-    images make a trained detector predict boxes of 300-1500 px, where two correct fp32
-    backends (ONNX Runtime and PyTorch too) differ by up to 5e-3 px (about 1e-5 relative) after
-    60 convolutions summed in different orders; scores in [0, 1] still get about 1e-3.
+    ONNX Runtime on probe images on every route: |OpenVINO - ONNX Runtime| / max(1, |ONNX Runtime|)
+    <= atol (:func:`parity_with_onnx`). The relative part is for box sizes: flat probe images
+    make a trained detector predict boxes of 300-1500 px, where two correct fp32 backends (ONNX
+    Runtime and PyTorch too) differ by up to 5e-3 px (about 1e-5 relative) after 60
+    convolutions summed in different orders; scores in [0, 1] are compared absolutely.
     """
     onnx_path = Path(onnx_path)
     model, meta = convert_onnx(onnx_path)
@@ -177,10 +177,10 @@ def export_openvino(onnx_path: str | Path, out_dir: str | Path | None = None, *,
     meta = ir_metadata(meta, onnx_path, if_count=meta["_if_count"], compress_to_fp16=bool(compress_to_fp16))
 
     def verify(folder: Path) -> None:
-        diffs = parity_with_onnx(folder, onnx_path, threads=threads, rtol=rtol)
+        diffs = parity_with_onnx(folder, onnx_path, threads=threads)
         bad = {k: v for k, v in diffs.items() if v is not None and not v <= atol}
         if bad:
-            raise RuntimeError(f"OpenVINO IR differs from ONNX Runtime by more than {atol:g} + {rtol:g} x |value|: {bad}")
+            raise RuntimeError(f"OpenVINO IR differs from ONNX Runtime by more than {atol:g} (relative for |value| > 1): {bad}")
 
     return save_ir(model, out_dir, meta, onnx_path.stem, compress_to_fp16, verify if check else None)
 
@@ -197,45 +197,19 @@ def probe_inputs(img_size: tuple[int, int], n: int, seed: int = 0) -> torch.Tens
     return torch.stack(fixed + noise)[:n].contiguous()
 
 
-def max_difference(got, ref, rtol: float = 0.0) -> float:
-    """max |got - ref| (minus ``rtol`` x |ref| when given) over DyOutput fields, tensors or
-    per-image detections (each detection to its closest counterpart); inf when routes, shapes
-    or detection counts differ."""
-    if isinstance(ref, DyOutput):
-        if not torch.equal(got.hard.cpu().bool(), ref.hard.cpu().bool()):
-            return float("inf")
-        return max(max_difference(got.pred, ref.pred, rtol), max_difference(got.phi, ref.phi, rtol))
-    if isinstance(ref, (list, tuple)):
-        if len(got) != len(ref) or any(a.shape != b.shape for a, b in zip(got, ref)):
-            return float("inf")
-        diffs = []
-        for a, b in zip(got, ref):
-            if b.numel():
-                a, b = a.float().cpu(), b.float().cpu()
-                d = ((a[:, None] - b[None]).abs() - rtol * b[None].abs()).clamp(min=0).amax(-1)
-                diffs.append(float(max(d.min(1).values.max(), d.min(0).values.max())))
-        return max(diffs, default=0.0)
-    if got.shape != ref.shape:
-        return float("inf")
-    if not ref.numel():
-        return 0.0
-    a, b = got.float().cpu(), ref.float().cpu()
-    return float(((a - b).abs() - rtol * b.abs()).clamp(min=0).max())
-
-
-def parity_with_onnx(ir: str | Path, onnx_path: str | Path, threads: int | None = None, rtol: float = 0.0,
+def parity_with_onnx(ir: str | Path, onnx_path: str | Path, threads: int | None = None,
                      n: int = 4) -> dict[str, float | None]:
-    """max |OpenVINO - ONNX Runtime| per route on ``n`` probe images (threshold 1 / 0 where it is
-    an input; a batched graph also on a mixed batch split at the widest gap of its φ).
-    ``rtol``: see :func:`max_difference`."""
+    """OpenVINO against ONNX Runtime per route on ``n`` probe images (threshold 1 / 0 where it is
+    an input; a batched graph also on a mixed batch split at the widest gap of its φ), measured
+    by :func:`utils.export.parity.difference` (scores absolute, pixel coordinates relative)."""
     from utils.export.onnx_model import OnnxModel
     got, ref = OpenVinoModel(ir, threads=threads), OnnxModel(onnx_path, threads=threads)
     x = probe_inputs(ref.img_size, max(n, got.batch or 1))
 
     def diff(t=None):
         if t is None:
-            return max_difference(got(x), ref(x), rtol)
-        return max_difference(got(x, threshold=t), ref(x, threshold=t), rtol)
+            return difference(got(x), ref(x))
+        return difference(got(x, threshold=t), ref(x, threshold=t))
 
     if not ref.is_dynamic:
         return {"all" if ref.route == "all" else ref.route: diff()}
@@ -259,5 +233,5 @@ def parity_with_torch(backend, model: torch.nn.Module, x: torch.Tensor) -> dict[
     out = {}
     with torch.no_grad():
         for route, t in (("easy", 1.0), ("hard", 0.0)):
-            out[route] = max_difference(backend(x, threshold=t), model(x, threshold=t))
+            out[route] = difference(backend(x, threshold=t), model(x, threshold=t))
     return out

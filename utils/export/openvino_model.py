@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.dynamic import DyOutput
-from utils.validate import describe_file
 from utils.cpu import require_bf16
+from utils.export.backend import ExportBackend
 from utils.sigaltstack import kept_sigaltstack
+from utils.validate import describe_file
 
 LOGGER = logging.getLogger(__name__)
 FORMAT = "dydet-openvino-v1"
@@ -139,11 +139,10 @@ def compile_config(precision: str = "f32", threads: int | None = None) -> dict:
     return config
 
 
-class OpenVinoModel:
+class OpenVinoModel(ExportBackend):
     """An OpenVINO IR of an export run on the CPU, called like the PyTorch model."""
 
-    fused = True
-    training = False
+    format = "openvino"
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None,
                  precision: str | None = None) -> None:
@@ -168,34 +167,14 @@ class OpenVinoModel:
         self._configure(self.meta)
 
     def _configure(self, meta: dict) -> None:
-        self.names = list(meta["names"])
-        self.stride = torch.tensor(meta["stride"], dtype=torch.float32)
-        self.img_size = tuple(int(v) for v in meta["img_size"])
-        self.batch = meta["batch"]
-        self.is_dynamic = bool(meta["dynamic"])
-        self.kind = str(meta.get("kind") or ("dy" if self.is_dynamic else "plain"))
-        self.route_names = tuple(meta.get("route_names") or ("easy", "hard"))  # ('low', 'high') for DualRes
-        self.route = meta["route"]
-        self.threshold = meta["threshold"]
-        self.threshold_input = bool(meta["threshold_input"])
-        self.end2end = meta["end2end"] is not None
-        self.nms = dict(meta["end2end"] or {})
-        self.gflops = dict(meta.get("gflops") or {})
+        super()._configure(meta, precision=self.precision)
         self.int8 = meta["openvino"].get("int8")
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
-        self.info = {"format": "openvino", "names": list(self.names),
-                     "thresholds": dict(meta.get("thresholds") or {}), "meta": meta, "extra": {},
-                     "not_loaded": [], "dropped": [], "path": str(self.path), "precision": self.precision}
 
-    # ---- torch.nn.Module look-alikes ------------------------------------------------------------
-    def eval(self) -> OpenVinoModel:
-        return self
-
-    def train(self, mode: bool = True) -> OpenVinoModel:
-        if mode:
-            raise RuntimeError("an OpenVINO model cannot be trained")
-        return self
+    @property
+    def file_name(self) -> str:
+        return self.xml.name
 
     def __repr__(self) -> str:
         if not hasattr(self, "meta"):
@@ -205,72 +184,10 @@ class OpenVinoModel:
         return (f"OpenVinoModel({self.xml.name}, {kind}, img_size={self.img_size}, "
                 f"batch={self.batch or 'dynamic'}, {self.precision}{q})")
 
-    # ---- inference --------------------------------------------------------------------------------
-    def __call__(self, x: torch.Tensor, threshold: float | None = None):
-        """Like the PyTorch model: DyOutput (routed exports) or the prediction."""
-        self._check_input(x)
-        thr = self._threshold(threshold)
-        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        out = self._run_batches(arr, thr)
-        pred = self._split(out[0], len(arr)) if self.end2end else out[0]
-        if not self.is_dynamic:
-            return pred
-        return DyOutput(pred, out[self.output_names.index("phi")], out[self.output_names.index("hard")])
-
-    forward = __call__
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"{self.xml.name} takes (batch, 3, h, w) images, got shape {tuple(x.shape)}")
-        if tuple(x.shape[2:]) != self.img_size:
-            h, w = self.img_size
-            raise ValueError(f"{self.xml.name} was exported for {h}x{w} inputs but got "
-                             f"{x.shape[2]}x{x.shape[3]}; resize the input or re-export with --img-size")
-
-    def _threshold(self, threshold: float | None) -> float | None:
-        if not self.is_dynamic:
-            return None
-        t = float(self.threshold if threshold is None else threshold)
-        baked = float(self.meta["threshold"])
-        if not self.threshold_input and abs(t - baked) > 1e-9:
-            raise ValueError(f"{self.xml.name} has routing threshold {baked:g} built in, so threshold {t:g} "
-                             "cannot be used; re-export with --thres-input to choose it at run time")
-        return t
-
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """One raw inference: numpy inputs by name -> outputs in ``output_names`` order (copies)."""
         res = self.request.infer(feed)
         return [np.array(res[o]) for o in self.compiled.outputs]
-
-    def _run_batches(self, arr: np.ndarray, threshold: float | None) -> list[torch.Tensor]:
-        step = self.batch or len(arr)
-        parts = []
-        for start in range(0, len(arr), step):
-            chunk = arr[start:start + step]
-            n = len(chunk)
-            if n < step:
-                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)])
-            feed = {"images": chunk}
-            if self.threshold_input:
-                feed["threshold"] = np.asarray(threshold, np.float32)
-            parts.append(self._trim(self.run(feed), start, n))
-        return [torch.from_numpy(np.concatenate(p)).to(self.device) for p in zip(*parts)]
-
-    def _trim(self, outs: list[np.ndarray], start: int, n: int) -> list[np.ndarray]:
-        trimmed = []
-        for name, o in zip(self.output_names, outs):
-            if name == "dets":
-                o = o[o[:, 0] < n].copy()
-                o[:, 0] += start
-                trimmed.append(o)
-            else:
-                trimmed.append(o[:n])
-        return trimmed
-
-    @staticmethod
-    def _split(dets: torch.Tensor, n: int) -> list[torch.Tensor]:
-        image = dets[:, 0].long()
-        return [dets[image == i, 1:] for i in range(n)]
 
     def runtime_precisions(self) -> dict[str, int]:
         """How many executed layers run in each precision (e.g. {'u8': 120, 'f32': 40}): what
