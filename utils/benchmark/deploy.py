@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from utils.benchmark.batches import split_batch
 from utils.benchmark.peak import fraction
 from utils.benchmark.stats import gflops_per_s, median, paired_ratio, ratio, summarize
 from utils.benchmark.timing import interleaved, prepare
@@ -67,7 +68,6 @@ def deploy_section(bench, batches: tuple[int, ...], peaks: dict | None = None, c
 
 
 def _mixed_inputs(model, batch: int, img_size: int) -> tuple[torch.Tensor, float, torch.Tensor]:
-    from utils.benchmark.runner import split_batch  # the benchmark's half-hard batch (sharpens the router)
     return split_batch(model, max(batch, 2), img_size, torch.device("cpu"))
 
 

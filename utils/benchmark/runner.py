@@ -27,6 +27,8 @@ from models import fastpath
 from models.flops import route_gflops
 from models.parse import find_cfg
 from models.yolo import build_model
+from utils.benchmark.batches import split_batch
+from utils.benchmark.deploy import deploy_goals
 from utils.benchmark.options import SECTIONS, BenchmarkOptions
 from utils.benchmark.peak import measured_peaks
 from utils.benchmark.plot import latency_plot
@@ -108,31 +110,6 @@ class ConfigBench:
         return rec
 
 
-def split_batch(model: torch.nn.Module, batch: int, img_size: int, device: torch.device
-                ) -> tuple[torch.Tensor, float, torch.Tensor]:
-    """Images, a threshold sending exactly half of them to detector 2, and the hard mask.
-
-    The model is a random-weight benchmark copy: its router's output layer is scaled up so φ
-    differs clearly between images of different brightness.
-    """
-    if batch < 2:
-        raise ValueError(f"--batch must be at least 2 for a mixed batch, got {batch}")
-    g = torch.Generator().manual_seed(0)
-    scale = torch.linspace(0.2, 1.0, batch).view(-1, 1, 1, 1)
-    x = (torch.rand(batch, 3, img_size, img_size, generator=g) * scale).to(device)
-    output = [m for m in model.router.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]  # its last layer
-    with torch.no_grad():
-        output.weight.mul_(1e3)
-    phi = model.difficulty(x).detach().float().cpu()
-    s = phi.sort().values
-    k = batch - batch // 2  # images at or below the threshold stay easy
-    threshold = float(s[k - 1] + s[k]) / 2
-    hard = (phi > threshold).to(device)
-    if int(hard.sum()) != batch // 2:
-        raise RuntimeError("benchmark images did not get distinct φ; cannot split the batch in half")
-    return x, threshold, hard
-
-
 def machine_info(device: torch.device) -> dict:
     """What the numbers were measured on, including the load (so a busy machine is visible)."""
     info = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_hash(),
@@ -188,7 +165,9 @@ def run_benchmark(opt: BenchmarkOptions) -> dict:
     records = [b.record for b in benches]
     result["meta"].update(load_after=_load(), seconds=round(time.perf_counter() - t0, 1))
     result["configs"] = records
-    result["goals"] = check_goals(records, "fast" if "fast" not in skip else "fused", cpu_flags())
+    flags = cpu_flags()
+    result["goals"] = check_goals(records, "fast" if "fast" not in skip else "fused",
+                                  extra=lambda rec: deploy_goals(rec, flags))
     result["meta"]["cpu_flags"] = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "vnni")))
     result["files"] = write_outputs(result, Path(opt.out))
     return result

@@ -6,6 +6,7 @@ timings. A timing summary is ``{"median", "q1", "q3", "min", "max", "n", "times"
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Mapping, Sequence
 
 ROUTES = ("easy", "hard", "plain")
@@ -143,18 +144,17 @@ def _worst(values: list, pick) -> float | None:
     return pick(values) if values else None
 
 
-def check_goals(cfg_records: Sequence[Mapping], mode: str, flags: frozenset[str] = frozenset()) -> list[dict]:
+def check_goals(cfg_records: Sequence[Mapping], mode: str, extra: Callable[[dict], list] | None = None) -> list[dict]:
     """One row per (config, goal) that was measured: value, target and whether it is met.
 
-    Issue #6's goals (:data:`GOALS`) and, for records with a deploy section, issue #13's
-    (:func:`utils.benchmark.deploy.deploy_goals`; ``flags``: the CPU's, for the AVX2-only target).
+    Issue #6's goals (:data:`GOALS`) and the rows ``extra(record)`` adds as (key, description,
+    op, target, value), e.g. issue #13's :func:`utils.benchmark.deploy.deploy_goals`.
     """
-    from utils.benchmark.deploy import deploy_goals
     rows = []
     for rec in cfg_records:
         values = goal_values(rec, mode)
         measured = [(key, text, op, target, values[key]) for key, text, op, target in GOALS]
-        for key, text, op, target, v in measured + deploy_goals(dict(rec), flags):
+        for key, text, op, target, v in measured + (extra(dict(rec)) if extra else []):
             if v is not None:
                 met = v <= target if op == "<=" else v >= target
                 rows.append({"cfg": rec["cfg"], "img_size": rec["img_size"], "goal": key, "description": text,
