@@ -51,8 +51,11 @@ class PackedConv:
     """oneDNN-layout weights of one ``nn.Conv2d`` and its folded activation.
 
     oneDNN picks the weight layout for the input shape, so packed weights are kept per input
-    shape, for the ``MAX_SHAPES`` most recent shapes (each entry costs one copy of the weights).
-    A shape seen for the first time costs one conversion, as every call on the plain path does.
+    shape (channels, height, width), for the ``MAX_SHAPES`` most recent shapes (each entry costs
+    one copy of the weights). The batch size is not part of the key: the layout chosen for one
+    image serves any batch at the same speed (measured), and a benchmark or a mixed routed batch
+    that alternates batch sizes would otherwise re-pack every layer on every call. A shape seen
+    for the first time costs one conversion, as every call on the plain path does.
     """
 
     MAX_SHAPES = 2
@@ -87,11 +90,11 @@ class PackedConv:
         if key != self.key:  # new or changed weights
             self.weights.clear()
             self.key = key
-        shape = tuple(x.shape)
+        shape = tuple(x.shape[1:])
         packed = self.weights.get(shape)
         if packed is None:
             packed = torch.ops.mkldnn._reorder_convolution_weight(
-                w.detach(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, list(shape))
+                w.detach(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, [1, *shape])
             while len(self.weights) >= self.MAX_SHAPES:
                 self.weights.popitem(last=False)
             self.weights[shape] = packed

@@ -149,14 +149,19 @@ def test_keep_freed_memory_toggles() -> None:
 
 
 @needs_onednn
-def test_packed_weights_are_kept_per_input_shape(tiny_pair) -> None:
+def test_packed_weights_are_kept_per_image_shape(tiny_pair) -> None:
     fused, fast = tiny_pair
     conv = fast.model[0].conv
     for shape in ((1, 3, 64, 64), (2, 3, 32, 96), (1, 3, 64, 64), (3, 3, 64, 32)):
         x = torch.rand(shape)
         torch.testing.assert_close(_pred(fast, x), _pred(fused, x), atol=1e-3, rtol=1e-4)
     cache = conv.__dict__["packed"].weights
-    assert list(cache) == [(1, 3, 64, 64), (3, 3, 64, 32)]  # the two most recent shapes
+    assert list(cache) == [(3, 64, 64), (3, 64, 32)]  # the two most recent image shapes
+    packed = cache[(3, 64, 64)]
+    for batch in (4, 1, 7):  # any batch size reuses the entry: nothing is re-packed
+        x = torch.rand(batch, 3, 64, 64)
+        torch.testing.assert_close(_pred(fast, x), _pred(fused, x), atol=1e-3, rtol=1e-4)
+        assert cache[(3, 64, 64)] is packed and len(cache) == 2
 
 
 def test_add_nearest_without_broadcast_interpolates() -> None:
