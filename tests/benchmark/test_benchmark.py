@@ -135,6 +135,16 @@ def test_interleaved_calls_round_robin() -> None:
         interleaved({"a": lambda: None}, reps=0, warmup=0)
 
 
+def test_interleaved_settle_time_is_idle_and_not_counted() -> None:
+    import time
+    t0 = time.perf_counter()
+    times = interleaved({"a": lambda: None, "b": lambda: None}, reps=3, warmup=0, settle_s=0.02)
+    assert time.perf_counter() - t0 >= 6 * 0.02  # slept before each of the 6 timed calls
+    assert all(t < 10 for v in times.values() for t in v)  # ms of the calls alone, not the 20 ms sleeps
+    with pytest.raises(ValueError, match="settle_s"):
+        interleaved({"a": lambda: None}, reps=1, warmup=0, settle_s=-1)
+
+
 def test_skip_parsing_and_plain_counterparts() -> None:
     assert parse_skip("onnx, router") == {"onnx", "router"} and parse_skip("") == set()
     assert parse_skip(["mixed"]) == {"mixed"}

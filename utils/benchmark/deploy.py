@@ -12,7 +12,8 @@ For each backend and batch: the dynamic export per route (threshold 1 / 0), the 
 per route, and at the larger batch a *mixed* batch (half the images hard, by φ) against its
 two halves run alone. A backend's functions are interleaved with each other in their own block
 (runtime thread pools keep spinning after a call, so interleaving runtimes would charge one for
-another's threads).
+another's threads), with an idle ``SETTLE_S`` before each timed call, because the dynamic and the
+static exports of one backend are separate sessions with pools of their own.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import torch
 from utils.benchmark.batches import split_batch
 from utils.benchmark.peak import fraction
 from utils.benchmark.stats import gflops_per_s, median, paired_ratio, ratio, summarize
-from utils.benchmark.timing import interleaved, prepare
+from utils.benchmark.timing import SETTLE_S, interleaved, prepare
 from utils.cpu import cpu_info
 from utils.export.pipeline import export_model
 from utils.export.spec import ExportOptions
@@ -168,7 +169,7 @@ def time_backend(r: Runner, x: torch.Tensor, threshold: float, hard: torch.Tenso
         fns["mixed"] = lambda: r["dynamic"](x, threshold)
         fns["mixed_easy_part"] = lambda: r["dynamic"](easy_x, 1.0)
         fns["mixed_hard_part"] = lambda: r["dynamic"](hard_x, 0.0)
-    return interleaved(fns, reps, warmup)
+    return interleaved(fns, reps, warmup, settle_s=SETTLE_S)  # the exports are separate sessions
 
 
 # ---- metrics --------------------------------------------------------------------------------------------
