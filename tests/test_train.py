@@ -54,12 +54,15 @@ def test_training_raises_map(cfg: str, epochs: int, demo: dict, tmp_path: Path) 
                     batch_size=8, workers=0, device="cpu", project=str(tmp_path), name="run", noval=True,
                     plots=False)
     after = out["metrics"]
+    # Floors far above an untrained model (mAP@.5 ~3e-4) yet below the spread of what training
+    # reaches: training is not bit-reproducible across CPUs and thread schedules, and on an AMD
+    # EPYC the same run gave 0.016-0.029 (plain) and 0.0097+ (Dy detector 2) over repeats.
     if cfg.startswith("dy-"):  # both detectors learn (stage 1 trains them jointly)
         for det in ("detector1", "detector2"):
             b, a = before["dynamic"][det]["map50"], after["dynamic"][det]["map50"]
-            assert a >= max(0.01, 10 * b), (det, b, a)
+            assert a >= max(0.005, 10 * b), (det, b, a)
     else:
-        assert after["map50"] >= max(0.04, 10 * before["map50"]), (before["map50"], after["map50"])
+        assert after["map50"] >= max(0.01, 10 * before["map50"]), (before["map50"], after["map50"])
     run_dir = out["save_dir"]
     for name in ("weights/last.pt", "weights/best.pt", "results.csv", "hyp.yaml", "opt.yaml"):
         assert (run_dir / name).is_file(), name
