@@ -80,8 +80,8 @@ def test_raw_compile_model_swaps_the_signal_stack_and_compile_cpu_does_not(impor
 
     Whether the dangling stack then crashes depends on the CPU: on an Intel Xeon with AMX the
     scenario above segfaulted (the released stack was unmapped); on an AMD EPYC without AMX the
-    same scenario survives (the stack is smaller and its freed memory stays mapped), so the
-    machine-independent fact tested here is the swap itself.
+    same scenario survives (its 11.5 KB stack is likely freed into memory that stays mapped), so
+    the machine-independent fact tested here is the swap itself.
     """
     code = SWAP_PROBE.format(root=str(ROOT), imports=imports, compile=compile_expr)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
