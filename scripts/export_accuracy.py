@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 import torch  # noqa: E402
 
 from utils.benchmark.stats import summarize  # noqa: E402
-from utils.benchmark.timing import interleaved  # noqa: E402
+from utils.benchmark.timing import SETTLE_S, interleaved  # noqa: E402
 from utils.cli import script_main  # noqa: E402
 from utils.data.config import load_data_config  # noqa: E402
 from utils.data.datasets import create_dataloader  # noqa: E402
@@ -66,12 +66,13 @@ def route_latency(model, img_size: int, reps: int) -> dict[str, float] | None:
     if reps <= 0:
         return None
     x = torch.rand(1, 3, img_size, img_size)
-    if isinstance(model, tuple):
-        fns = {"easy": lambda: model[0](x), "hard": lambda: model[1](x)}
+    settle = 0.0
+    if isinstance(model, tuple):  # two sessions: let one's thread pool go idle before the other runs
+        fns, settle = {"easy": lambda: model[0](x), "hard": lambda: model[1](x)}, SETTLE_S
     else:
         fns = {"easy": lambda: model(x, threshold=1.0), "hard": lambda: model(x, threshold=0.0)}
     with torch.inference_mode():
-        times = interleaved(fns, reps, warmup=3)
+        times = interleaved(fns, reps, warmup=3, settle_s=settle)
     return {k: summarize(v)["median"] for k, v in times.items()}
 
 
