@@ -26,7 +26,7 @@ import math
 import torch
 import torch.nn as nn
 
-from models.dynamic import DyBothOutput, DyOutput, route_mask
+from models.dynamic import DyBothOutput, DyOutput, route_groups, route_mask
 from models.resize import resize
 from models.resolution_router import ResolutionRouter
 
@@ -181,12 +181,11 @@ class DualResModel(nn.Module):
 
     def _routed(self, x: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
         """Each image through its route; only the groups present run, results in input order."""
-        n_hard = int(hard.sum())
-        if n_hard == hard.numel():
+        low_idx, hard_idx = route_groups(hard)
+        if low_idx.numel() == 0:
             return self.high(x)
-        if n_hard == 0:
+        if hard_idx.numel() == 0:
             return self.low(x)
-        hard_idx, low_idx = hard.nonzero().flatten(), (~hard).nonzero().flatten()
         pred_high = self.high(x[hard_idx])
         pred_low = self.low(x[low_idx])
         out = pred_high.new_empty((hard.numel(), *pred_high.shape[1:]))

@@ -52,6 +52,18 @@ def route_mask(phi: torch.Tensor, threshold: float) -> torch.Tensor:
     return phi > threshold
 
 
+def route_groups(hard: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(easy, hard) image indices of a route mask, on its device.
+
+    The mask is read on the host once per batch: on a GPU each ``nonzero`` or ``item`` of a
+    device tensor waits for the device, so reading it per image (or per group) would stall the
+    GPU that many times. The indices go back without waiting (``non_blocking``).
+    """
+    host = hard.cpu()
+    to = dict(device=hard.device, non_blocking=True)
+    return (~host).nonzero().flatten().to(**to), host.nonzero().flatten().to(**to)
+
+
 class DyModel(DetectorBase):
     """Dy-YOLOv7 family model built from a config with a ``dynamic`` section."""
 
@@ -189,13 +201,11 @@ class DyModel(DetectorBase):
 
     def _routed(self, feats: list, hard: torch.Tensor) -> torch.Tensor:
         """Each image through its route; a mixed batch consumes (empties) ``feats``."""
-        n_hard = int(hard.sum())
-        if n_hard == 0:
+        easy_idx, hard_idx = route_groups(hard)
+        if hard_idx.numel() == 0:
             return self.detector1(feats)
-        if n_hard == hard.numel():
+        if easy_idx.numel() == 0:
             return self.detector2(feats)
-        hard_idx = hard.nonzero().flatten()
-        easy_idx = (~hard).nonzero().flatten()
         feats_easy = _subset(feats, easy_idx, self._reads1)
         feats_hard = _subset(feats, hard_idx, self._reads2)
         feats.clear()  # the whole batch's features are not needed any more: free them before the heads run

@@ -84,6 +84,17 @@ def supports_vnni(flags) -> bool:
     return any(f in set(flags) for f in VNNI_FLAGS)
 
 
+def int8_saturates(flags) -> bool:
+    """Whether full-range u8 x s8 products can saturate on this CPU.
+
+    Without VNNI, x86 INT8 kernels (ONNX Runtime's MLAS, OpenVINO's oneDNN) multiply with
+    ``vpmaddubsw``, which adds two u8 x s8 products into an int16: 255 x 127 x 2 = 64770 does
+    not fit, so the sum is clamped to 32767. With 7-bit weights (|w| <= 64) the pair sum stays
+    below 2^15 and every product is exact; VNNI (``vpdpbusd``) accumulates in int32 directly.
+    """
+    return not supports_vnni(flags)
+
+
 def require_bf16(info: CpuInfo | None = None, what: str = "bf16 inference") -> None:
     """Raise ValueError naming the missing CPU feature unless this CPU computes in bf16 natively."""
     info = info or cpu_info()

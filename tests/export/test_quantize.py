@@ -123,3 +123,37 @@ def test_calibration_feeds_take_both_routes() -> None:
     assert len(feeds) == 6 and [float(f["threshold"]) for f in feeds[:2]] == [1.0, 0.0]
     assert all(f["images"].shape == (1, 3, SIZE, SIZE) and f["images"].dtype == np.float32 for f in feeds)
     assert len(q.calibration_feeds(x, threshold_input=False)) == 3
+
+
+def _int8_weights_ov(path: Path) -> np.ndarray:
+    import openvino as ov
+    model = ov.Core().read_model(str(ovx.find_xml(path)))
+    values = [op.get_data().ravel() for _, body in [("main", model), *ovx.if_bodies(model)]
+              for op in body.get_ordered_ops()
+              if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "i8"]
+    return np.concatenate(values)
+
+
+def _int8_weights_onnx(path: Path) -> np.ndarray:
+    proto = onnx.load(str(path))
+    return np.concatenate([onnx.numpy_helper.to_array(t).ravel() for t in proto.graph.initializer
+                           if t.data_type == onnx.TensorProto.INT8])
+
+
+def test_weights_are_7_bit_by_default_so_no_cpu_saturates(quantized: dict) -> None:
+    """|w| <= 64 keeps u8 x s8 pair sums (255 x 64 x 2) inside int16: exact without VNNI."""
+    w = _int8_weights_ov(quantized["int8"])
+    assert w.min() >= -64 and w.max() <= 64 and np.abs(w).max() >= 60  # the 7-bit range is used
+    meta = ovx.OpenVinoModel(quantized["int8"]).int8
+    assert meta["saturation_safe"] and meta["weight_bits"] == 7 and meta["overflow_fix"] == "enable"
+
+
+def test_onnx_runtime_weights_7_bit_unless_asked(quantized: dict) -> None:
+    root = quantized["root"]
+    easy = Path(export.run(weights=str(quantized["pt"]), img_size=SIZE, route="easy", output=str(root / "sat"))["onnx"])
+    safe = q.quantize_onnx(easy, calibration(4), root / "safe.onnx")
+    full = q.quantize_onnx(easy, calibration(4), root / "full.onnx", saturation_safe=False)
+    assert np.abs(_int8_weights_onnx(safe)).max() == 64 and np.abs(_int8_weights_onnx(full)).max() == 127
+    assert OnnxModel(safe).int8["weights"].startswith("s7") and OnnxModel(safe).int8["saturation_safe"]
+    record = OnnxModel(full).int8
+    assert record["weights"].startswith("s8") and not record["saturation_safe"] and record["weight_bits"] == 8

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from utils.export.backend import ExportBackend
+from utils.export.saturation import warn_if_unsafe
 from utils.validate import describe_file
 
 LOGGER = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class OnnxModel(ExportBackend):
     def _configure(self, meta: dict) -> None:
         super()._configure(meta)
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.int8 = meta.get("quantization")  # the QDQ record of an INT8 file, else None
+        warn_if_unsafe(self.int8, self.file_name)
 
     def __repr__(self) -> str:
         if not hasattr(self, "meta"):  # failed while loading

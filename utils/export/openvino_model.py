@@ -24,6 +24,7 @@ import torch
 
 from utils.cpu import require_bf16
 from utils.export.backend import ExportBackend
+from utils.export.saturation import warn_if_unsafe
 from utils.sigaltstack import kept_sigaltstack
 from utils.validate import describe_file
 
@@ -169,6 +170,7 @@ class OpenVinoModel(ExportBackend):
     def _configure(self, meta: dict) -> None:
         super()._configure(meta, precision=self.precision)
         self.int8 = meta["openvino"].get("int8")
+        warn_if_unsafe(self.int8, self.file_name)
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
 

@@ -29,6 +29,16 @@ QOperator format's ``EnableSubgraph`` option recurses into the branches but, lac
 fails on their first Conv (``AttributeError: 'NoneType' object has no attribute 'append'`` in
 ``operators/conv.py``, onnxruntime 1.32). NNCF's ONNX backend has the same top-level-only
 behaviour. So :func:`quantize_onnx` refuses a routed graph and says what to do instead.
+
+**Saturation.** On a CPU without VNNI both runtimes multiply u8 activations by s8 weights with
+``vpmaddubsw``, whose int16 pair sums clamp when the operands are full range
+(:func:`utils.cpu.int8_saturates`). With ``saturation_safe`` (the default) every weight is
+quantized to 7 bits (ONNX Runtime's ``reduce_range``, NNCF's ``OverflowFix.ENABLE``): the pair
+sums then fit and the file computes the same on every x86 CPU, with or without VNNI, at the
+same speed (the kernels are the same). Without it ONNX Runtime uses 8-bit weights and NNCF its
+own default (7 bits for the first convolution only). The choice is recorded in the metadata;
+:func:`utils.export.saturation.warn_if_unsafe` warns once when such a file runs on a CPU that
+lacks VNNI.
 """
 from __future__ import annotations
 
@@ -44,6 +54,7 @@ import torch
 
 from utils.export import openvino as ovx
 from utils.export.openvino_model import compile_cpu
+from utils.export.saturation import saturation_record
 from utils.sigaltstack import kept_sigaltstack
 
 LOGGER = logging.getLogger(__name__)
@@ -202,7 +213,7 @@ def _ignored(model, keep_float: Sequence[str]):
 def quantize_openvino(model_or_ir, calibration, out_dir: str | Path | None = None, *, n: int = 300,
                       keep_float: Sequence[str] = KEEP_FLOAT, preset: str = "mixed",
                       fast_bias_correction: bool = True, thresholds: Sequence[float] = (1.0, 0.0),
-                      check: bool = True, threads: int | None = None) -> Path:
+                      check: bool = True, threads: int | None = None, saturation_safe: bool = True) -> Path:
     """INT8 IR of an OpenVINO export (folder / .xml, or an export.py ``.onnx``) -> ``out_dir``.
 
     ``calibration``: images for :func:`calibration_images` (a folder, a dataset YAML, a tensor),
@@ -211,7 +222,8 @@ def quantize_openvino(model_or_ir, calibration, out_dir: str | Path | None = Non
     activations, suits LeakyReLU/SiLU outputs) or ``performance`` (symmetric). ``out_dir``
     defaults to ``<name>_int8_openvino`` beside the source. The folder is written atomically;
     ``check`` makes sure both ``If`` bodies of every conditional hold INT8 weights (else the
-    calibration did not reach a route) and that the IR compiles.
+    calibration did not reach a route) and that the IR compiles. ``saturation_safe``: 7-bit
+    weights in every layer (see the module notes).
     """
     import nncf
     model, meta, src, name = _load_ir(model_or_ir)
@@ -225,10 +237,12 @@ def quantize_openvino(model_or_ir, calibration, out_dir: str | Path | None = Non
     presets = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}
     if preset not in presets:
         raise ValueError(f"preset must be one of {sorted(presets)}, not {preset!r}")
+    fix = nncf.OverflowFix.ENABLE if saturation_safe else nncf.OverflowFix.FIRST_LAYER
     with kept_sigaltstack():  # NNCF compiles models of its own for the statistics
         quantized = nncf.quantize(model, nncf.Dataset(feeds), preset=presets[preset], subset_size=len(feeds),
                                   fast_bias_correction=fast_bias_correction, ignored_scope=ignored,
-                                  target_device=nncf.TargetDevice.CPU)
+                                  target_device=nncf.TargetDevice.CPU,
+                                  advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=fix))
     report = quantization_report(quantized)
     if check:
         _check_bodies_quantized(report)
@@ -239,6 +253,7 @@ def quantize_openvino(model_or_ir, calibration, out_dir: str | Path | None = Non
                                  "thresholds": list(thresholds) if meta["threshold_input"] else None,
                                  "fast_bias_correction": fast_bias_correction, "keep_float": list(keep_float),
                                  "float_ops": {k: len(v) for k, v in scope.items()}, "report": report,
+                                 "overflow_fix": str(fix.value), **saturation_record(saturation_safe),
                                  "source": str(src) if src else None}}
     if out_dir is None:
         base = Path(src).parent if src is not None else Path(".")
@@ -323,8 +338,10 @@ class _Reader:
 
 def quantize_onnx(onnx_path: str | Path, calibration, out_path: str | Path | None = None, *, n: int = 300,
                   keep_float: Sequence[str] = KEEP_FLOAT, per_channel: bool = True,
-                  method: str = "minmax") -> Path:
+                  method: str = "minmax", saturation_safe: bool = True) -> Path:
     """Static QDQ INT8 (u8 activations, s8 per-channel weights) of a single-route ONNX export.
+
+    ``saturation_safe``: 7-bit weights (``reduce_range``), exact on CPUs without VNNI too.
 
     A routed export (with ``If``) is refused (see the module notes). ``out_path`` defaults to
     ``<name>-int8.onnx``; the export metadata is kept (with a ``quantization`` record) so
@@ -356,15 +373,15 @@ def quantize_onnx(onnx_path: str | Path, calibration, out_path: str | Path | Non
         pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "q.onnx"
         quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(q), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=saturation_safe,
                         calibrate_method=methods[method], nodes_to_exclude=exclude,
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         out = onnx.load(str(q))
         meta["quantization"] = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-                                "activations": "u8 asymmetric", "weights": "s8 symmetric" +
-                                (" per channel" if per_channel else ""), "method": method,
+                                "activations": "u8 asymmetric", "weights": ("s7" if saturation_safe else "s8") +
+                                " symmetric" + (" per channel" if per_channel else ""), "method": method,
                                 "calibration_images": len(images), "float_nodes": len(exclude),
-                                "source": str(onnx_path)}
+                                **saturation_record(saturation_safe), "source": str(onnx_path)}
         del out.metadata_props[:]
         onnx.helper.set_model_props(out, {k: json.dumps(v) for k, v in meta.items()})
         from utils.io import atomic_write
