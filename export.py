@@ -48,6 +48,8 @@ class Options:
                                "ONNX export), calibrated on --data's images through both routes")
     data: str | None = option(None, "--int8: data YAML (its train images) or an image folder to calibrate on")
     int8_images: int = option(300, "--int8: calibration images")
+    int8_full_range: bool = option(False, "--int8: 8-bit weights instead of 7-bit ones; their products saturate "
+                                          "on CPUs without VNNI (AVX2 only)")
     opset: int = option(DEFAULT_OPSET)
     device: str = option("cpu", "cpu or a CUDA index for tracing")
     output: str | None = option(None, "output path (suffix set per format)")
@@ -64,6 +66,8 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     include = _check_formats(opt.include, opt.end2end, opt.simplify)
     if opt.int8 and not opt.data:
         raise ValueError("--int8 needs --data: a data YAML or image folder to calibrate on")
+    if opt.int8_full_range and not opt.int8:
+        raise ValueError("--int8-full-range applies to INT8 exports: add --int8")
     if is_onnx(opt.weights):
         raise ValueError(f"{opt.weights} is already an ONNX export; pass the PyTorch weights")
     model, info = load_model(opt.weights, cfg=opt.cfg, device=opt.device)
@@ -76,7 +80,7 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     spec.check(model)
     out = export_model(model, info, spec, _output_base(opt.output, info, spec), include=tuple(include),
                        simplify_graph=opt.simplify, atol=opt.atol, int8_calibration=opt.data if opt.int8 else None,
-                       int8_images=opt.int8_images)
+                       int8_images=opt.int8_images, int8_saturation_safe=not opt.int8_full_range)
     return {"threshold": threshold, "options": spec, **out}
 
 

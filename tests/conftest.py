@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -34,6 +35,25 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
                 m.bias.copy_(torch.randn(n, generator=g) * 0.1)
     return model
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (``-n``) each worker computes on one thread, and so do the scripts the
+    tests start: the workers share the machine's cores, and oversubscribed OpenMP pools spin."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(config, items: list) -> None:
+    """Tests marked ``long(seconds)`` first, longest first, so that their files start early on the
+    parallel workers (``--dist loadfile`` hands out files in this order) and the workers end
+    together; otherwise collection order."""
+    def seconds(item) -> float:
+        mark = item.get_closest_marker("long")
+        return float(mark.args[0]) if mark is not None else 0.0
+    items.sort(key=lambda item: -seconds(item))
 
 
 @pytest.fixture(autouse=True)

@@ -39,38 +39,6 @@ def demo(tmp_path_factory) -> dict[str, Path]:
     return {"data": data, "fit": fit, "hyp": hyp_file, "root": root}
 
 
-def _map50_before(cfg: str, demo: dict, tmp_path: Path) -> dict:
-    torch.manual_seed(0)
-    model = build_model(cfg, names=["circle", "square", "triangle", "cross"])
-    weights = save_checkpoint(tmp_path / "untrained.pt", model, names=model.names)
-    return test_script.run(data=demo["fit"], weights=str(weights), img_size=128, batch_size=8, workers=0,
-                           device="cpu", plots=False, save_dir=tmp_path / "before")
-
-
-@pytest.mark.parametrize("cfg,epochs", [("yolov7-tiny", 30), ("dy-yolov7-tiny", 40)])
-def test_training_raises_map(cfg: str, epochs: int, demo: dict, tmp_path: Path) -> None:
-    before = _map50_before(cfg, demo, tmp_path)
-    out = train.run(cfg=cfg, data=str(demo["fit"]), hyp=str(demo["hyp"]), img_size=128, epochs=epochs,
-                    batch_size=8, workers=0, device="cpu", project=str(tmp_path), name="run", noval=True,
-                    plots=False)
-    after = out["metrics"]
-    # Floors far above an untrained model (mAP@.5 ~3e-4) yet below the spread of what training
-    # reaches: training is not bit-reproducible across CPUs and thread schedules, and on an AMD
-    # EPYC the same run gave 0.016-0.029 (plain) and 0.0097+ (Dy detector 2) over repeats.
-    if cfg.startswith("dy-"):  # both detectors learn (stage 1 trains them jointly)
-        for det in ("detector1", "detector2"):
-            b, a = before["dynamic"][det]["map50"], after["dynamic"][det]["map50"]
-            assert a >= max(0.005, 10 * b), (det, b, a)
-    else:
-        assert after["map50"] >= max(0.01, 10 * before["map50"]), (before["map50"], after["map50"])
-    run_dir = out["save_dir"]
-    for name in ("weights/last.pt", "weights/best.pt", "results.csv", "hyp.yaml", "opt.yaml"):
-        assert (run_dir / name).is_file(), name
-    ckpt = read_checkpoint(run_dir / "weights" / "last.pt")
-    assert ckpt["format"] == "dydet-v1" and ckpt["epoch"] == epochs - 1 and "optimizer" in ckpt
-    assert ckpt["img_size"] == 128 and read_checkpoint(run_dir / "weights" / "best.pt")["img_size"] == 128
-
-
 def test_plots_and_event_files(demo: dict, tmp_path: Path) -> None:
     out = train.run(cfg="yolov7-tiny", data=str(demo["data"]), hyp=str(demo["hyp"]), img_size=128, epochs=2,
                     batch_size=8, workers=0, device="cpu", project=str(tmp_path), name="plots")
@@ -91,6 +59,7 @@ def _epochs_logged(run_dir: Path) -> list[int]:
     return [int(float(r["epoch"])) for r in csv.DictReader(open(path))]
 
 
+@pytest.mark.long(15)
 def test_resume_after_sigkill(demo: dict, tmp_path: Path) -> None:
     cmd = [sys.executable, "train.py", "--cfg", "yolov7-tiny", "--data", str(demo["data"]), "--hyp", str(demo["hyp"]),
            "--img-size", "96", "--epochs", "4", "--batch-size", "8", "--workers", "0", "--device", "cpu",
@@ -141,24 +110,26 @@ def test_transfer_to_another_class_count(demo: dict, tmp_path: Path) -> None:
     assert ckpt["cfg"]["nc"] == 5 and ckpt["names"][-1] == "extra"
 
 
-def test_cli_errors_are_one_clear_line(demo: dict, tmp_path: Path) -> None:
+def test_cli_errors_are_one_clear_line(demo: dict, tmp_path: Path, capsys) -> None:
     cases = [
-        (["--cfg", "yolov7-tiny", "--data", str(tmp_path / "missing.yaml")], "data config not found"),
         (["--data", str(demo["data"])], "--cfg"),
         (["--cfg", "nope", "--data", str(demo["data"])], "not found"),
         (["--resume", str(tmp_path / "none.pt")], "not found"),
         (["--cfg", "yolov7-tiny", "--weights", str(tmp_path / "w.pt"), "--data", str(demo["data"])], "w.pt"),
     ]
-    for args, message in cases:
-        res = subprocess.run([sys.executable, "train.py", *args, "--project", str(tmp_path)], cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
-        assert res.returncode != 0 and message in res.stderr, (args, res.stderr[-500:])
-        assert "Traceback" not in res.stderr, res.stderr[-1500:]
+    for args, message in cases:  # main() as the script runs it, in this process
+        assert train.main([*args, "--project", str(tmp_path)]) == 1, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (args, err)
+    # and once as a real process: exit code and no traceback
+    res = subprocess.run([sys.executable, "train.py", "--cfg", "yolov7-tiny", "--data", str(tmp_path / "missing.yaml"),
+                          "--project", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "data config not found" in res.stderr, res.stderr[-500:]
+    assert "Traceback" not in res.stderr, res.stderr[-1500:]
 
 
 def test_test_py_reports_dynamic_routing(demo: dict, tmp_path: Path) -> None:
     model = build_model("dy-yolov7-tiny", names=["circle", "square", "triangle", "cross"])
-    from utils.weights.checkpoints import save_checkpoint
     w = save_checkpoint(tmp_path / "dy.pt", model, names=model.names)
     res = subprocess.run([sys.executable, "test.py", "--weights", str(w), "--data", str(demo["data"]), "--img-size",
                           "96", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--dy-thres", "0.0",
@@ -189,7 +160,6 @@ def test_test_py_dial_forms(demo: dict, tmp_path: Path) -> None:
     from utils.data.config import load_data_config
     from utils.data.datasets import create_dataloader
     from utils.routing.calibration import calibration_record
-    from utils.weights.checkpoints import save_checkpoint
     torch.manual_seed(0)
     model = build_model("dy-yolov7-tiny", names=["circle", "square", "triangle", "cross"]).eval()
     with torch.no_grad():
@@ -227,7 +197,7 @@ def test_remaining_flags_in_one_short_run(demo: dict, tmp_path: Path) -> None:
 
 
 def test_freeze_detector1_adds_a_hard_route_and_keeps_the_easy_one(demo: dict, tmp_path: Path) -> None:
-    from utils.weights.checkpoints import load_checkpoint, save_checkpoint
+    from utils.weights.checkpoints import load_checkpoint
     torch.manual_seed(0)
     plain = build_model("yolov7-tiny", names=["circle", "square", "triangle", "cross"])
     with torch.no_grad():

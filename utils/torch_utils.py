@@ -140,6 +140,29 @@ def train_keep_frozen_bn(model: nn.Module) -> nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """CUDA convolutions and matrix products in full fp32 inside the block (no TF32).
+
+    cuDNN convolutions default to TF32 on Ampere and newer GPUs, whose 10-bit mantissa moves a
+    detector's outputs by about 1e-3 relative: too much to compare a CUDA model with a CPU
+    runtime. A no-op on the CPU.
+    """
+    cudnn = torch.backends.cudnn
+    if not hasattr(cudnn, "conv"):  # torch < 2.9: the older switch
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                         allow_tf32=False):
+            yield
+        return
+    conv, mm = cudnn.conv, torch.backends.cuda.matmul
+    old = conv.fp32_precision, mm.fp32_precision
+    conv.fp32_precision = mm.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, mm.fp32_precision = old
+
+
 def time_sync() -> float:
     """Wall time after pending CUDA work finishes."""
     if torch.cuda.is_available():

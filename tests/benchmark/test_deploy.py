@@ -52,11 +52,13 @@ def test_goals_use_the_worst_route_and_the_cpu_class() -> None:
     assert avx2["ov_int8_vs_fast"] == 0.6
 
 
+@pytest.mark.long(40)
 @pytest.mark.timeout(600)
 def test_deploy_section_end_to_end(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     res = benchmark.run(cfg=["dy-yolov7-tiny"], img_size=[32], reps=1, warmup=0, deploy_batch=[1, 2],
-                        skip="router,onnx,mixed,fused", threads=1, out=str(tmp_path), calib_images=4)
+                        skip="router,onnx,mixed,fused", threads=1, out=str(tmp_path), calib_images=4,
+                        peak_n=256)
     d = res["configs"][0]["deploy"]
     expected = {"pt_fused", "pt_fast", "ort_fp32", "ort_int8", "ov_fp32", "ov_int8"}
     if cpu_info().bf16:

@@ -37,3 +37,5 @@ def test_int8_needs_calibration_data(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--int8 needs --data"):
         export.run(weights=str(tmp_path / "w.pt"), include=["openvino"], int8=True)
     assert export.main(["--weights", "w.pt", "--include", "tflite"]) == 1
+    with pytest.raises(ValueError, match="--int8-full-range applies to INT8 exports: add --int8"):
+        export.run(weights=str(tmp_path / "w.pt"), int8_full_range=True)

@@ -32,7 +32,7 @@ from tests.conftest import REPO
 from utils.weights.checkpoints import read_checkpoint, save_checkpoint
 
 NAMES = ["circle", "square", "triangle", "cross"]
-TRIALS = 4  # kills per script
+TRIALS = 2  # kills per script: one in each half of the checkpointed span
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 IGNORED_ENTRIES = {"meta", "train_opt"}  # provenance (date, run folder) and the options (resume=...)
 TIME_COLUMNS = {"seconds"}
@@ -86,8 +86,9 @@ def checkpointed_span(cmd: list[str], last: Path) -> float:
     return latest - first
 
 
-def kill_at_random(cmd: list[str], last: Path, window: float, rng: random.Random) -> tuple[float, bool]:
-    """Start ``cmd``, SIGKILL it a random time (up to ``window`` s) after its first last.pt.
+def kill_at_random(cmd: list[str], last: Path, window: tuple[float, float], rng: random.Random
+                   ) -> tuple[float, bool]:
+    """Start ``cmd``, SIGKILL it a random time within ``window`` (s) after its first last.pt.
 
     Returns (the delay, whether the run had already finished when the kill came).
     """
@@ -95,7 +96,7 @@ def kill_at_random(cmd: list[str], last: Path, window: float, rng: random.Random
     deadline = time.monotonic() + 600
     while proc.poll() is None and not last.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
-    delay = rng.uniform(0.0, window)
+    delay = rng.uniform(*window)
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
@@ -141,7 +142,7 @@ def final_state(run_dir: Path) -> dict:
 
 def check_kills(script: str, make_cmd, data: dict, tmp_path: Path, seed: int) -> list[str]:
     """TRIALS kill/resume cycles compared with a straight run; returns one line per trial."""
-    window = checkpointed_span(make_cmd(data, tmp_path, "straight"), tmp_path / "straight" / "weights" / "last.pt")
+    span = checkpointed_span(make_cmd(data, tmp_path, "straight"), tmp_path / "straight" / "weights" / "last.pt")
     reference, ref_rows = final_state(tmp_path / "straight"), results(tmp_path / "straight")
     assert [int(float(r["epoch"])) for r in ref_rows] == [0, 1, 2]
     assert script != "train.py" or reference["ema_updates"] == 6, "the optimizer must step"
@@ -149,6 +150,7 @@ def check_kills(script: str, make_cmd, data: dict, tmp_path: Path, seed: int) ->
     for trial in range(TRIALS):
         run_dir = tmp_path / f"killed{trial}"
         last = run_dir / "weights" / "last.pt"
+        window = (span * trial / TRIALS, span * (trial + 1) / TRIALS)  # trials cover the span in turn
         delay, finished = kill_at_random(make_cmd(data, tmp_path, run_dir.name), last, window, rng)
         killed_at = int(read_checkpoint(last)["epoch"])
         if not finished and killed_at < 2:
@@ -163,6 +165,7 @@ def check_kills(script: str, make_cmd, data: dict, tmp_path: Path, seed: int) ->
     return report
 
 
+@pytest.mark.long(40)
 def test_train_resume_after_sigkill_is_bit_exact(data: dict, tmp_path: Path) -> None:
     for line in check_kills("train.py", train_cmd, data, tmp_path, seed=14):
         print(line)

@@ -21,6 +21,7 @@ class BenchmarkOptions:
     router_batch: int = option(16, "router-training batch compared with batch 1")
     deploy_batch: list[int] = option([1, 16], "deploy section: batch sizes per backend (the largest also mixed)")
     calib_images: int = option(8, "deploy section: INT8 calibration images (random, both routes)")
+    peak_n: int = option(2048, "peak section: size of the square GEMMs (timed --reps times)")
     threads: int = option(0, "torch and ONNX Runtime threads (0: library default)")
     device: str = option("", "cpu or a CUDA index (default: CUDA 0 if available)")
     out: str = option(PROJECT["benchmark"], "folder for benchmark.json and benchmark.md")

@@ -156,7 +156,7 @@ def run_benchmark(opt: BenchmarkOptions) -> dict:
     try:
         if "peak" not in skip:
             _log("measured GEMM peaks (fp32, bf16, int8)", t0)
-            result["peaks"] = measured_peaks(opt.threads or None)
+            result["peaks"] = measured_peaks(opt.threads or None, n=opt.peak_n, reps=opt.reps, warmup=opt.warmup)
         benches = [ConfigBench(c, s, device, opt) for c in opt.cfg for s in opt.img_size]
         _run_sections(benches, opt, skip, t0, result.get("peaks"))
     finally:

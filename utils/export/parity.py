@@ -18,6 +18,7 @@ from models.dynamic import DyOutput
 from utils.export.exporters import example_images
 from utils.export.spec import ExportOptions
 from utils.inference.nms import non_max_suppression
+from utils.torch_utils import full_fp32
 
 
 class Case(NamedTuple):
@@ -129,14 +130,19 @@ def parity(backend: Callable, model: torch.nn.Module, opt: ExportOptions, thresh
     """max |backend - PyTorch| per route (None: not reached); ``backend(x, threshold=None)`` calls
     the export, ``threshold_free`` says whether it takes a threshold."""
     diffs = {}
-    for case in route_cases(model, opt, threshold_free):
-        if case.images is None:  # no probe image takes this route
-            diffs[case.name] = None
-            continue
-        got = backend(case.images, threshold=case.threshold) if model.is_dynamic and opt.route == "both" \
-            else backend(case.images)
-        diffs[case.name] = difference(got, reference(model, case, opt, end2end))
+    with full_fp32():  # a CUDA model's reference without TF32 rounding
+        for case in route_cases(model, opt, threshold_free):
+            diffs[case.name] = _case_difference(backend, model, opt, end2end, case)
     return diffs
+
+
+def _case_difference(backend: Callable, model: torch.nn.Module, opt: ExportOptions, end2end: bool,
+                     case: Case) -> float | None:
+    if case.images is None:  # no probe image takes this route
+        return None
+    got = backend(case.images, threshold=case.threshold) if model.is_dynamic and opt.route == "both" \
+        else backend(case.images)
+    return difference(got, reference(model, case, opt, end2end))
 
 
 class ScriptBackend:

@@ -26,10 +26,11 @@ FORMATS = ("onnx", "torchscript", "openvino")
 
 def export_model(model: torch.nn.Module, info: dict, opt: ExportOptions, base: Path, *,
                  include: tuple[str, ...] = ("onnx",), simplify_graph: bool = False, atol: float = 1e-3,
-                 int8_calibration=None, int8_images: int = 300) -> dict:
+                 int8_calibration=None, int8_images: int = 300, int8_saturation_safe: bool = True) -> dict:
     """Write ``base`` + ``.onnx`` / ``.torchscript`` / ``_openvino/`` for each format in ``include``
     and check parity; with ``int8_calibration`` (images, a folder or a data YAML) also the INT8
-    versions (``_int8_openvino/``, ``-int8.onnx``) of the ONNX and OpenVINO exports.
+    versions (``_int8_openvino/``, ``-int8.onnx``) of the ONNX and OpenVINO exports, with 7-bit
+    weights unless ``int8_saturation_safe`` is False (see :mod:`utils.export.quantize`).
 
     Returns ``{format: path, 'diff': {format: {route: max abs diff}}}``; an fp32 difference
     above ``atol`` raises RuntimeError (the file stays, for inspection). INT8 files are compared
@@ -46,7 +47,7 @@ def export_model(model: torch.nn.Module, info: dict, opt: ExportOptions, base: P
         out["openvino"], out["diff"]["openvino"] = export_openvino_ir(model, opt, onnx_path)
     _check_parity(out["diff"], atol)
     if int8_calibration is not None:
-        out.update(export_int8(model, opt, out, int8_calibration, int8_images))
+        out.update(export_int8(model, opt, out, int8_calibration, int8_images, int8_saturation_safe))
     return out
 
 
@@ -61,17 +62,19 @@ def export_openvino_ir(model: torch.nn.Module, opt: ExportOptions, onnx_path: Pa
     return folder, diffs
 
 
-def export_int8(model: torch.nn.Module, opt: ExportOptions, written: dict, calibration, n: int) -> dict:
+def export_int8(model: torch.nn.Module, opt: ExportOptions, written: dict, calibration, n: int,
+                saturation_safe: bool = True) -> dict:
     """INT8 copies of the written ONNX / OpenVINO exports, calibrated on ``calibration`` images."""
     from utils.export.quantize import quantize_onnx, quantize_openvino
     logging.getLogger("nncf").setLevel(logging.WARNING)  # one line per operation otherwise
     out: dict = {}
     if "openvino" in written:
         from utils.export.openvino import OpenVinoModel
-        out["openvino_int8"] = quantize_openvino(written["openvino"], calibration, n=n)
+        out["openvino_int8"] = quantize_openvino(written["openvino"], calibration, n=n,
+                                                saturation_safe=saturation_safe)
         backend = OpenVinoModel(out["openvino_int8"])
     elif "onnx" in written:
-        out["onnx_int8"] = quantize_onnx(written["onnx"], calibration, n=n)
+        out["onnx_int8"] = quantize_onnx(written["onnx"], calibration, n=n, saturation_safe=saturation_safe)
         backend = OnnxModel(out["onnx_int8"])
     else:
         raise ValueError("--int8 quantizes an ONNX or OpenVINO export; add --include onnx or openvino")

@@ -94,6 +94,8 @@ class Trainer(EpochLoop):
         """
         de_parallel(self.model).load_state_dict(extra["train_model"])
         self.optimizer.load_state_dict(extra["optimizer"])
+        if extra.get("scaler") and self.scaler.is_enabled():  # empty when the run was not on CUDA
+            self.scaler.load_state_dict(extra["scaler"])
         self.progress = Progress(int(extra["epoch"]) + 1, float(extra["best_fitness"]))
         if self.ema is not None:
             self.ema.updates = int(extra["ema_updates"])
@@ -184,6 +186,7 @@ class Trainer(EpochLoop):
             "optimizer": self.optimizer.state_dict(),
             "train_model": {k: v.detach().cpu() for k, v in de_parallel(self.model).state_dict().items()},
             "train_opt": self.record, "hyp": self.hyp, "rng": capture_rng(self.train_loader),
+            "scaler": self.scaler.state_dict(),  # AMP's loss scale (empty off CUDA)
         }
         meta = {"epoch": epoch, "stage": "stage1", "run": str(self.save_dir)}
         kw = {"names": self.names, "img_size": self.loop.img_size, "meta": meta}
