@@ -14,6 +14,17 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "tests" / "reference"  # official checkpoints' key -> shape manifests
 
 
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as the module ``name`` (the folder is not a package)."""
+    import importlib.util
+    import sys
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
 def reference_keys(name: str) -> dict[str, list[int]]:
     """Official checkpoint key -> shape manifest (shipped in tests/reference/)."""
     path = REFERENCE / f"{name}.official-keys.json"

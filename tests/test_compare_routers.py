@@ -1,8 +1,6 @@
 """scripts/compare_routers.py: one table of the sweeps of several dynamic models."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import yaml
@@ -10,18 +8,14 @@ import yaml
 from models.dualres import DualResModel
 from models.resolution_router import ResolutionRouter
 from models.yolo import build_model
-from tests.conftest import REPO, make_dataset, tiny_checkpoint
+from tests.conftest import load_script, make_dataset, tiny_checkpoint
 from utils.weights.checkpoints import save_checkpoint
 
 NAMES = ["a", "b", "c"]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("compare_routers", REPO / "scripts" / "compare_routers.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("compare_routers")
 
 
 def test_compares_a_dy_and_a_dualres_model(tmp_path: Path, capsys) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import detect
 import export
@@ -23,6 +24,7 @@ import train_router
 from data.make_demo_data import make_demo_dataset
 from dydet import DyDet
 from models.yolo import build_model
+from tests.conftest import REPO
 from utils.export.onnx_model import OnnxModel
 from utils.export.parity import difference
 from utils.torch_utils import full_fp32
@@ -46,8 +48,10 @@ def data(tmp_path_factory) -> Path:
 def trained(data: Path, tmp_path_factory) -> dict:
     """Stage 1 of dy-yolov7-tiny for two short epochs on the GPU, with AMP (as train.py runs on CUDA)."""
     root = tmp_path_factory.mktemp("cuda-train")
-    return train.run(cfg="dy-yolov7-tiny", data=str(data), img_size=IMG, epochs=2, batch_size=8, workers=0,
-                     device=DEVICE, project=str(root), name="amp", noval=True, plots=False)
+    hyp = yaml.safe_load((REPO / "data" / "hyp.scratch.tiny.yaml").read_text(encoding="utf-8"))
+    (root / "hyp.yaml").write_text(yaml.safe_dump({**hyp, "nbs": 8}), encoding="utf-8")  # a step per batch
+    return train.run(cfg="dy-yolov7-tiny", data=str(data), hyp=str(root / "hyp.yaml"), img_size=IMG, epochs=2,
+                     batch_size=8, workers=0, device=DEVICE, project=str(root), name="amp", noval=True, plots=False)
 
 
 def _mixed_threshold(phi: torch.Tensor) -> float:
@@ -130,6 +134,7 @@ def test_the_route_is_read_on_the_host_once_per_batch(trained: dict) -> None:
         order = phi.argsort().cpu()
         syncs = {}
         for name, batch in (("2 images", x[order[[0, -1]]]), ("8 images", x)):  # both mixed
+            model(batch, threshold=t)  # warm-up: lazy CUDA and cuDNN set-up is not the route's
             torch.cuda.synchronize()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")

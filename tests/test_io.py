@@ -59,3 +59,13 @@ def test_csv_log_appends_and_truncates(tmp_path: Path) -> None:
     truncate_csv(log, 5)  # nothing to drop
     assert len(read_csv(log)) == 2
     assert read_csv(tmp_path / "missing.csv") == []
+
+
+def test_append_csv_refuses_a_row_that_does_not_fit_the_header(tmp_path: Path) -> None:
+    log = tmp_path / "results.csv"
+    append_csv(log, {"epoch": 0, "loss": 0.5})
+    with pytest.raises(ValueError, match=r"columns \['epoch', 'loss', 'map'\] does not fit the header \['epoch', 'loss'\]"):
+        append_csv(log, {"epoch": 1, "loss": 0.4, "map": 0.1})
+    append_csv(log, {"epoch": 1, "loss": 0.4})
+    assert [r["epoch"] for r in read_csv(log)] == ["0", "1"]
+

@@ -207,6 +207,9 @@ def test_freeze_detector1_adds_a_hard_route_and_keeps_the_easy_one(demo: dict, t
     out = train.run(cfg="dy-yolov7-tiny", weights=str(weights), data=str(demo["data"]), hyp=str(demo["hyp"]),
                     img_size=64, epochs=2, batch_size=8, workers=0, device="cpu", project=str(tmp_path),
                     name="d1", noval=True, plots=False, freeze_detector1=True)
+    rows = list(csv.DictReader(open(out["save_dir"] / "results.csv")))
+    assert len(rows) == 2 and all(None not in r for r in rows)  # --noval: the final row has the header's columns
+    assert rows[0]["metrics/detector2_map"] == "nan" and float(rows[1]["metrics/detector2_map"]) >= 0
     ckpt = read_checkpoint(out["last"])
     for entry in ("model", "train_model"):  # the EMA weights and the raw ones
         state = ckpt[entry]

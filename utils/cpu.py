@@ -106,6 +106,8 @@ def require_bf16(info: CpuInfo | None = None, what: str = "bf16 inference") -> N
 # ---- reading the machine --------------------------------------------------------------------------
 def _parse_cpuinfo(text: str) -> dict:
     """First processor block of /proc/cpuinfo as a dict, plus the count of physical cores."""
+    if not text.strip():
+        return {}
     first, cores = {}, set()
     for block in text.strip().split("\n\n"):
         entry = {}
@@ -118,6 +120,13 @@ def _parse_cpuinfo(text: str) -> dict:
         cores.add((entry.get("physical id", "0"), entry.get("core id", entry.get("processor", "0"))))
     first["_cores"] = len(cores)
     return first
+
+
+def _read_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return ""
 
 
 def _lscpu() -> dict:
@@ -151,10 +160,7 @@ def _clock_ghz(entry: dict, lscpu: dict) -> float | None:
 @lru_cache(maxsize=1)
 def cpu_info() -> CpuInfo:
     """This machine's CPU (cached). Cores and threads count only the CPUs this process may use."""
-    try:
-        entry = _parse_cpuinfo(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        entry = {}
+    entry = _parse_cpuinfo(_read_cpuinfo())
     lscpu = _lscpu()
     flags = (entry.get("flags") or lscpu.get("Flags") or "").lower().split()
     try:

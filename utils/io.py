@@ -253,9 +253,18 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
 
 
 def append_csv(path: str | Path, row: Mapping[str, Any]) -> None:
-    """Append one row to a CSV log, writing the header first when the file is new."""
+    """Append one row to a CSV log, writing the header first when the file is new.
+
+    Every row must have the header's columns: a row with other columns would shift the values
+    under the header, so it raises ValueError instead.
+    """
     path = Path(path)
-    new = not path.exists()
+    new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        if list(row) != header:
+            raise ValueError(f"{path}: a row with columns {list(row)} does not fit the header {header}")
     with open(path, "a", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(row))
         if new:

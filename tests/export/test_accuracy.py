@@ -1,7 +1,6 @@
 """scripts/export_accuracy.py and utils.export.accuracy: per-route mAP, φ ranking, dial, sweep of an export."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pytest
 
 import export
 from data.make_demo_data import make_demo_dataset
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 from utils.export.accuracy import goals
 
 WEIGHTS = REPO / "weights" / "demo-dy-yolov7-tiny.pt"
@@ -17,12 +16,7 @@ SIZE = 128
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("export_accuracy", REPO / "scripts" / "export_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    import sys
-    sys.modules["export_accuracy"] = module  # dataclasses resolve the module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("export_accuracy")
 
 
 @pytest.fixture(scope="module")

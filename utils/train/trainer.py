@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,11 +172,10 @@ class Trainer(EpochLoop):
         for key in ("precision", "recall", "map50", "map"):
             row[f"metrics/{key}"] = float(getattr(result, key)) if result is not None else float("nan")
         routing = result.routing if result is not None else None
-        for det in ("detector1", "detector2"):
-            scores = getattr(routing, det, None)
-            if scores:
-                for key in ("map50", "map"):
-                    row[f"metrics/{det}_{key}"] = float(scores[key])
+        for det in ("detector1", "detector2") if de_parallel(self.model).is_dynamic else ():
+            scores = getattr(routing, det, None) or {}  # the same columns in every row (NaN: not validated)
+            for key in ("map50", "map"):
+                row[f"metrics/{det}_{key}"] = float(scores.get(key, math.nan))
         row["lr"] = float(self.optimizer.param_groups[0]["lr"])
         row["seconds"] = seconds
         return row
