@@ -9,7 +9,7 @@ route). The low size is each side × scale rounded to a multiple of the detector
 stride; downsampling is :func:`models.resize.resize` (at scale 0.5 exactly bilinear, i.e. the
 2 x 2 average; ONNX-exportable).
 
-Outputs follow the Dy models' conventions (``DyOutput``, ``DyBothOutput``, ``route_mask``),
+Outputs follow the Dy models' conventions (``DyOutput``, ``DyBothOutput``, ``models.route``),
 so the Predictor, NMS, the calibration table and the accuracy-speed sweep work unchanged: every
 prediction tensor is (b, N_high, 5 + nc) in the *input's* pixels — low-resolution boxes are
 scaled back, and the low route's rows are padded up to N_high with all-zero rows (objectness
@@ -26,9 +26,10 @@ import math
 import torch
 import torch.nn as nn
 
-from models.dynamic import DyBothOutput, DyOutput, route_groups, route_mask
+from models.dynamic import DyBothOutput, DyOutput
 from models.resize import resize
 from models.resolution_router import ResolutionRouter
+from models.route import route_groups, route_mask
 
 
 def low_side(side: int, scale: float, stride: int) -> int:

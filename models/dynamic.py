@@ -16,6 +16,7 @@ from models.base import DetectorBase
 from models.graph import inputs_of, release_schedule, run_layers, wire
 from models.link import CBFuse, CBLinear
 from models.parse import IMAGE, LayerSpec, build_layers, read_specs
+from models.route import route_groups, route_mask
 from models.router import AdaptiveRouter
 
 
@@ -41,27 +42,6 @@ class DyBothOutput(NamedTuple):
     pred1: torch.Tensor
     pred2: torch.Tensor
     phi: torch.Tensor
-
-
-def route_mask(phi: torch.Tensor, threshold: float) -> torch.Tensor:
-    """True where an image goes to detector 2: φ > threshold; <= 0 sends all, >= 1 none."""
-    if threshold <= 0:
-        return torch.ones_like(phi, dtype=torch.bool)
-    if threshold >= 1:
-        return torch.zeros_like(phi, dtype=torch.bool)
-    return phi > threshold
-
-
-def route_groups(hard: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(easy, hard) image indices of a route mask, on its device.
-
-    The mask is read on the host once per batch: on a GPU each ``nonzero`` or ``item`` of a
-    device tensor waits for the device, so reading it per image (or per group) would stall the
-    GPU that many times. The indices go back without waiting (``non_blocking``).
-    """
-    host = hard.cpu()
-    to = dict(device=hard.device, non_blocking=True)
-    return (~host).nonzero().flatten().to(**to), host.nonzero().flatten().to(**to)
 
 
 class DyModel(DetectorBase):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from models.graph import inputs_of, run_layers
+from models.route import route_mask
 
 
 def _needs(layers: Sequence[nn.Module], n_backbone: int) -> set[int]:
@@ -128,12 +129,7 @@ class Routed(nn.Module):
         thr = self.threshold if threshold is None else threshold
         out = self.stage1(x)
         phi, feats = out[0], list(out[1:])
-        if thr <= 0.0:
-            hard = torch.ones_like(phi, dtype=torch.bool)
-        elif thr >= 1.0:
-            hard = torch.zeros_like(phi, dtype=torch.bool)
-        else:
-            hard = phi > thr
+        hard = route_mask(phi, thr)
         hard_idx, easy_idx = hard.nonzero().flatten(), (~hard).nonzero().flatten()
         if easy_idx.numel() == 0:
             return self.det2([feats[i] for i in self.index2]), phi, hard

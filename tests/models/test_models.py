@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from models.dynamic import DyModel, DyOutput, DyTrainOutput, route_mask
+from models.dynamic import DyModel, DyOutput, DyTrainOutput
+from models.route import route_mask
 from models.layers import RepConv
 from models.parse import load_cfg, read_specs
 from models.yolo import Model, build_model

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.dynamic import route_mask
+from models.route import route_mask
 from models.flops import route_gflops
 from utils.defaults import VAL
 from utils.evaluation.evaluator import DetectionStats, ground_truth, to_original

@@ -138,7 +138,8 @@ def tensor_info(name: str, elem: int, shape: Sequence[int | str | None]) -> onnx
 
 
 def route_mask(b: Builder, phi: str, thr: str) -> str:
-    """hard = φ > thr, all hard when thr <= 0, none when thr >= 1 (as models.dynamic.route_mask)."""
+    """hard = φ > thr, all hard when thr <= 0, none when thr >= 1: ``models.route.route_mask`` as
+    ONNX ops (tests pin the two together on the edge cases)."""
     zero, one = b.const(0.0), b.const(1.0)
     above = b.op("Or", b.op("Greater", phi, thr), b.op("LessOrEqual", thr, zero))
     return b.op("And", above, b.op("Less", thr, one))

@@ -2,7 +2,7 @@
 
 Convention used everywhere here: the router outputs φ = difficulty in (0, 1), and an image is
 hard (goes through backbone 2 and detector 2) when φ > threshold; threshold <= 0 sends every
-image to the hard route, threshold >= 1 none (same rule as ``models.dynamic.route_mask``).
+image to the hard route, threshold >= 1 none (the rule of ``models.route.route_mask``).
 
 Paper, translated to this convention. Eq. 14 gives the largest hard fraction that fits a budget,
 ``k = (lat_t - lat_1) / (lat_2 - lat_1)``, i.e. the mean cost ``(1 - k) * easy + k * hard``
@@ -18,6 +18,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+import torch
+
+from models.route import route_mask
 
 NO_TABLE = "this checkpoint has no routing calibration; run train_router.py or calibrate first"
 SPEC_FORMS = "a threshold number such as 0.35, or 'pK' (K% of images hard, 0 <= K <= 100) such as 'p30'"
@@ -115,12 +118,7 @@ def fraction_for_gflops(target: float, easy_gflops: float, hard_gflops: float) -
 
 def hard_fraction(phi, threshold: float) -> float:
     """Fraction of ``phi`` routed hard at ``threshold`` (φ > threshold; <= 0 all, >= 1 none)."""
-    s = _scores(phi)
-    if threshold <= 0:
-        return 1.0
-    if threshold >= 1:
-        return 0.0
-    return float(np.mean(s > threshold))
+    return float(route_mask(torch.from_numpy(_scores(phi)), threshold).double().mean())
 
 
 def stability_report(table: Mapping, phi_heldout,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from models.dynamic import route_mask
+from models.route import route_mask
 from utils.routing.samples import SampleTable, collect
 from utils.torch_utils import DistInfo
 from utils.train.loss import ComputeLoss
