@@ -47,7 +47,9 @@ class Options:
     device: str = option("", "cpu, 0, 0,1 ... (default: CUDA 0 if available)")
     dy_thres: float | str | None = option(
         None, "routing threshold of dynamic models: a number in [0, 1], or pK = K%% hard images")
-    target_latency: float | None = option(None, "choose the threshold for this latency (ms)")
+    target_latency: float | None = option(None, "choose the threshold for this latency (ms), with the routes' "
+                                                "latencies on this machine (measured once, then cached)")
+    remeasure_latency: bool = option(False, "--target-latency: measure the routes' latencies again")
     target_gflops: float | None = option(None, "choose the threshold for this average cost")
     batch_size: int = option(1, "images per forward pass")
     half: bool = option(False, "half precision: fp16 on CUDA, bf16 on a CPU with AVX512_BF16/AMX (refused otherwise)")
@@ -70,10 +72,11 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     check_fraction(opt.conf_thres, "--conf-thres")
     check_fraction(opt.iou_thres, "--iou-thres")
     src = open_source(DEMO_SOURCE if opt.source is None else opt.source)
-    detector = DyDet(opt.weights, cfg=opt.cfg, device=opt.device, half=opt.half)
+    detector = DyDet(opt.weights, cfg=opt.cfg, device=opt.device, half=opt.half,
+                     keep_freed_memory=True)  # a script owns its process
     img_size = check_img_size(opt.img_size, detector.stride) or detector.img_size
     how = detector.set_threshold(opt.dy_thres, target_latency=opt.target_latency, target_gflops=opt.target_gflops,
-                                 img_size=img_size)
+                                 img_size=img_size, remeasure=opt.remeasure_latency)
     LOGGER.info("routing: %s; input size %d", how, img_size)
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok, mkdir=True)
     sink = ResultWriter(save_dir, not opt.nosave, opt.save_txt, opt.save_conf, opt.view_img, opt.line_thickness,

@@ -20,11 +20,12 @@ import torch
 from utils.data.sources import Batch, as_source, iter_batches
 from utils.defaults import DEMO_WEIGHTS, PREDICT
 from utils.evaluation.evaluator import to_original
-from utils.inference.predictor import BatchPrediction, Predictor, check_half
+from utils.inference.predictor import BatchPrediction, Predictor
 from utils.inference.results import Result
-from utils.routing.calibration import resolve_threshold
+from utils.inference.setup import load_for_inference, run_precision
+from utils.routing.policy import choose_threshold
 from utils.validate import check_img_size
-from utils.weights.backends import input_size, load_model
+from utils.weights.backends import input_size
 
 LOGGER = logging.getLogger("dydet")
 
@@ -39,7 +40,9 @@ class DyDet:
     ``img_size`` is the input size used when a call gives none: the size the weights were
     trained at (an export's own size), else 640. ``half``: fp16 on CUDA, bf16 on a CPU that has
     it natively (PyTorch autocast, or OpenVINO's bf16 precision for an IR); refused with a
-    ValueError on a CPU without AVX512_BF16/AMX.
+    ValueError on a CPU without AVX512_BF16/AMX. ``keep_freed_memory``: let glibc keep freed
+    activation memory mapped (a faster CPU fast path, but it changes malloc settings for the
+    whole process; off by default, as a library should leave the process alone).
 
     Thread safety: one object may be used from several threads. Image loading and
     post-processing run in parallel; the forward passes through the shared model are serialised
@@ -48,15 +51,11 @@ class DyDet:
     """
 
     def __init__(self, weights: str | Path = DEMO_WEIGHTS, cfg: str | None = None, device: str = "",
-                 fuse: bool = True, half: bool = False) -> None:
+                 fuse: bool = True, half: bool = False, keep_freed_memory: bool = False) -> None:
         self.half = bool(half)
         self.lock = threading.Lock()  # one forward pass at a time through the shared model
-        self.model, self.info = load_model(weights, cfg=cfg, device=device, half=self.half)
-        if isinstance(self.model, torch.nn.Module):
-            check_half(self.model, self.half)  # refused here, not at the first image
-            self.model.eval()
-            if fuse and hasattr(self.model, "optimize_for_inference"):
-                self.model.optimize_for_inference()  # fused, CPU fast path where it applies
+        self.model, self.info = load_for_inference(weights, cfg=cfg, device=device, half=self.half, fuse=fuse,
+                                                   keep_freed_memory=keep_freed_memory)
         self._threshold = float(getattr(self.model, "threshold", 0.5)) if self.is_dynamic else None
 
     @property
@@ -95,35 +94,25 @@ class DyDet:
         self.set_threshold(value)
 
     def set_threshold(self, spec: float | str | None = None, *, target_latency: float | None = None,
-                      target_gflops: float | None = None, img_size: int | None = None) -> str:
+                      target_gflops: float | None = None, img_size: int | None = None,
+                      remeasure: bool = False) -> str:
         """Choose the routing threshold from a number, 'pK', or a latency (ms) / GFLOPs target.
 
-        Returns a description of the choice. Plain models have no route: a request is ignored.
+        A latency target uses the routes' latencies on this machine with this backend (measured
+        once and cached; ``remeasure`` measures them again). Returns a description of the
+        choice. Plain models have no route: a request is ignored.
         """
-        threshold, how = self._resolve(spec, target_latency, target_gflops, img_size)
+        threshold, how = self._resolve(spec, target_latency, target_gflops, img_size, remeasure)
         if threshold is not None:
             self._threshold = threshold
         return how
 
-    def _resolve(self, spec, target_latency=None, target_gflops=None, img_size=None) -> tuple[float | None, str]:
-        if not self.is_dynamic:
-            if any(v is not None for v in (spec, target_latency, target_gflops)):
-                LOGGER.warning("plain model: the routing threshold is ignored")
-            return None, "plain model (no routing)"
-        gflops = self._route_gflops(input_size(img_size, self.info)) if target_gflops is not None else None
-        return resolve_threshold(spec, self.calibration, target_latency=target_latency,
-                                 target_gflops=target_gflops, gflops=gflops, default=self._threshold)
-
-    def _route_gflops(self, img_size: int) -> dict[str, float] | None:
-        """Measured easy/hard GFLOPs at ``img_size`` (None: use the calibration's stored ones)."""
-        if not isinstance(self.model, torch.nn.Module):
-            return None
-        from models.flops import route_gflops
-        try:
-            return route_gflops(self.model, img_size)
-        except (RuntimeError, ValueError, TypeError, ImportError) as e:  # the stored costs may still do
-            LOGGER.warning("GFLOPs not measured: %s", e)
-            return None
+    def _resolve(self, spec, target_latency=None, target_gflops=None, img_size=None,
+                 remeasure: bool = False) -> tuple[float | None, str]:
+        return choose_threshold(self.model, self.info, input_size(img_size, self.info), dy_thres=spec,
+                                target_latency=target_latency, target_gflops=target_gflops,
+                                default=self._threshold, precision=run_precision(self.model, self.half),
+                                remeasure=remeasure)
 
     def stream(self, source: Any, *, img_size: int | None = None, conf_thres: float = PREDICT.conf_thres,
                iou_thres: float = PREDICT.iou_thres, dy_thres: float | str | None = None, batch_size: int = 1,

@@ -20,7 +20,7 @@ from utils.export.onnx_graph import DEFAULT_OPSET
 from utils.export.pipeline import FORMATS, export_model
 from utils.export.spec import ExportOptions
 from utils.options import make_options, option, parse_options
-from utils.routing.calibration import resolve_threshold
+from utils.routing.policy import choose_threshold
 from utils.weights.backends import input_size, is_onnx, load_model
 
 
@@ -35,6 +35,9 @@ class Options:
     batch_size: int = option(1, "static batch size")
     dynamic_batch: bool = option(False, "any batch size, routed per image")
     dy_thres: float | str | None = option(None, "threshold built into the graph: a number or pK (K%% hard)")
+    target_gflops: float | None = option(None, "choose the built-in threshold for this average cost")
+    target_latency: float | None = option(None, "choose the built-in threshold for this latency (ms) of the "
+                                                "PyTorch model on this machine (measured once, then cached)")
     thres_input: bool = option(False, "keep the threshold a graph input (--dy-thres its default)")
     route: str = option("both", "both: routed in the graph; easy/hard: a static single-route graph",
                         choices=["both", "easy", "hard"])
@@ -72,7 +75,7 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
         raise ValueError(f"{opt.weights} is already an ONNX export; pass the PyTorch weights")
     model, info = load_model(opt.weights, cfg=opt.cfg, device=opt.device)
     model = model.float().fuse().eval()
-    threshold, free = _threshold(model, info, opt.dy_thres, opt.thres_input, opt.route)
+    threshold, free = _threshold(model, info, opt)
     spec = ExportOptions(img_size=_hw(opt.img_size, info), batch_size=opt.batch_size, dynamic_batch=opt.dynamic_batch,
                          route=opt.route, threshold=threshold if threshold is not None else 0.5, thres_input=free,
                          end2end=opt.end2end, topk_all=opt.topk_all, iou_thres=opt.iou_thres,
@@ -94,14 +97,17 @@ def _check_formats(include, end2end: bool, simplify_graph: bool) -> list[str]:
     return include
 
 
-def _threshold(model, info: dict, dy_thres, thres_input: bool, route: str) -> tuple[float | None, bool]:
+def _threshold(model, info: dict, opt: Options) -> tuple[float | None, bool]:
     """(threshold, whether the graph takes it as an input)."""
-    if not model.is_dynamic or route != "both":
-        if dy_thres is not None or thres_input:
-            raise ValueError("--dy-thres and --thres-input apply to a dynamic model exported with --route both")
+    asked = any(v is not None for v in (opt.dy_thres, opt.target_gflops, opt.target_latency))
+    if not model.is_dynamic or opt.route != "both":
+        if asked or opt.thres_input:
+            raise ValueError("--dy-thres, --target-gflops, --target-latency and --thres-input apply to a dynamic "
+                             "model exported with --route both")
         return None, False
-    threshold, how = resolve_threshold(dy_thres, info.get("thresholds"), default=model.threshold)
-    free = dy_thres is None or thres_input
+    threshold, how = choose_threshold(model, info, max(_hw(opt.img_size, info)), dy_thres=opt.dy_thres,
+                                      target_latency=opt.target_latency, target_gflops=opt.target_gflops)
+    free = not asked or opt.thres_input
     print(f"routing: {how}, {'a graph input' if free else 'built into the graph'}")
     return threshold, free
 

@@ -1,6 +1,6 @@
 """Evaluate a detector on a YOLO-format dataset: mAP (pycocotools), P/R, speed, routing.
 
-    python test.py --weights runs/train/exp/weights/best.pt --data data/demo.yaml
+    python test.py --weights runs/train/exp/weights/best.pt --data data/demo/demo.yaml
     python test.py --weights best.pt --data pets.yaml --dy-thres p30 --verbose
     python test.py --weights best.pt --data pets.yaml --dy-sweep          # accuracy-speed sweep
 """
@@ -20,14 +20,14 @@ from utils.data.datasets import create_dataloader
 from utils.defaults import BATCH, PROJECT, RUN_NAME, VAL, WORKERS
 from utils.evaluation.evaluate import EvalResult, evaluate, gflops_or_empty
 from utils.evaluation.metrics import coco_json_predictions
-from utils.inference.predictor import check_half
+from utils.inference.setup import load_for_inference, run_precision
 from utils.io import atomic_write_text
 from utils.options import make_options, option, parse_options
 from utils.paths import increment_path
 from utils.validate import check_fraction, check_img_size
-from utils.routing.analysis import measured_latency, needs_latency, routing_analysis
-from utils.routing.calibration import resolve_threshold
-from utils.weights.backends import input_size, load_model
+from utils.routing.analysis import routing_analysis
+from utils.routing.policy import choose_threshold
+from utils.weights.backends import input_size
 
 LOGGER = logging.getLogger("dydet.test")
 
@@ -49,7 +49,9 @@ class Options:
     dy_thres: float | str | None = option(
         None, "routing threshold of dynamic models: a number in [0, 1], or pK = K%% hard images")
     target_gflops: float | None = option(None, "choose the threshold for this average cost")
-    target_latency: float | None = option(None, "choose the threshold for this latency (ms)")
+    target_latency: float | None = option(None, "choose the threshold for this latency (ms), with the routes' "
+                                                "latencies on this machine (measured once, then cached)")
+    remeasure_latency: bool = option(False, "--target-latency: measure the routes' latencies again")
     dy_sweep: bool = option(False, "dynamic models: score every hard fraction 0..100%% from one pass")
     workers: int = option(WORKERS, "dataloader workers")
     save_json: bool = option(False, "write COCO-format predictions.json")
@@ -72,11 +74,9 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     opt = make_options(Options, options, **kwargs)
     check_fraction(opt.conf_thres, "--conf-thres")
     check_fraction(opt.iou_thres, "--iou-thres")
-    model, info = load_model(opt.weights, cfg=opt.cfg, device=opt.device, half=opt.half)
-    check_half(model, opt.half)
-    if hasattr(model, "optimize_for_inference"):
-        model.optimize_for_inference()  # fused, CPU fast path where it applies
-    names, calibration = list(info.get("names") or model.names), info.get("thresholds") or {}
+    model, info = load_for_inference(opt.weights, cfg=opt.cfg, device=opt.device, half=opt.half,
+                                     keep_freed_memory=True)  # a script owns its process
+    names = list(info.get("names") or model.names)
     img_size = input_size(check_img_size(opt.img_size, int(model.stride.max())), info)
     if opt.dy_sweep and not model.is_dynamic:
         raise ValueError("--dy-sweep needs a dynamic model (dy-* config)")
@@ -87,13 +87,18 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     save_dir.mkdir(parents=True, exist_ok=True)
     loader = _loader(opt, model, img_size, len(names))
     gflops = gflops_or_empty(model, img_size)
-    threshold = _threshold(opt, model, calibration, gflops, img_size)
+    threshold, how = choose_threshold(model, info, img_size, dy_thres=opt.dy_thres, target_latency=opt.target_latency,
+                                      target_gflops=opt.target_gflops, gflops=gflops or None,
+                                      precision=run_precision(model, opt.half), remeasure=opt.remeasure_latency)
+    if model.is_dynamic:
+        LOGGER.info("routing: %s", how)
     result = evaluate(model, loader, names, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
                       max_det=opt.max_det, threshold=threshold, img_size=img_size, gflops=gflops,
                       plot_dir=save_dir if opt.plots else None, half=opt.half)
     metrics = result.to_dict()
     if model.is_dynamic:
-        metrics["dynamic"].update(routing_analysis(result, model, calibration, threshold, img_size, gflops, save_dir,
+        metrics["dynamic"].update(threshold=threshold, threshold_choice=how)
+        metrics["dynamic"].update(routing_analysis(result, model, info, threshold, img_size, gflops, save_dir,
                                                    dy_sweep=opt.dy_sweep, plots=opt.plots))
     print(result.table(names, opt.verbose))
     if opt.save_json:
@@ -119,18 +124,6 @@ def _fixed_size(model, img_size: int) -> bool:
     if size is not None and tuple(size) != (img_size, img_size):
         raise ValueError(f"the model was exported for {size[0]}x{size[1]} inputs; run with --img-size {size[0]}")
     return size is not None
-
-
-def _threshold(opt: Options, model, calibration: dict, gflops: dict, img_size: int) -> float | None:
-    """The routing threshold of a dynamic model (None for plain ones)."""
-    if not model.is_dynamic:
-        return None
-    latency = measured_latency(model, img_size) if needs_latency(calibration, opt.target_latency) else None
-    threshold, how = resolve_threshold(opt.dy_thres, calibration, target_latency=opt.target_latency,
-                                       target_gflops=opt.target_gflops, gflops=gflops or None,
-                                       latencies=latency, default=model.threshold)
-    LOGGER.info("routing: %s", how)
-    return threshold
 
 
 def _save_json(result: EvalResult, path: Path) -> None:

@@ -56,13 +56,14 @@ class DetectorBase(nn.Module):
         self.fused = True
         return self.eval()
 
-    def optimize_for_inference(self, keep_freed_memory: bool = True) -> "DetectorBase":
+    def optimize_for_inference(self, keep_freed_memory: bool = False) -> "DetectorBase":
         """Fuse, then run CPU float32 inference on pre-packed oneDNN convolutions (in place).
 
         Outputs match the fused model to float rounding; ``state_dict`` is unchanged and training
         mode, CUDA or gradients fall back to the plain path. ``keep_freed_memory`` also stops
-        glibc from unmapping freed activations after every layer (process-wide, see
-        :func:`models.fastpath.keep_freed_memory`). Returns the model in eval mode.
+        glibc from unmapping freed activations after every layer: faster, but it changes the
+        whole process's malloc settings (:func:`models.fastpath.keep_freed_memory`), so it is
+        off unless the caller owns the process (the scripts). Returns the model in eval mode.
         """
         if not self.fused:
             self.fuse()

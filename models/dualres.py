@@ -112,7 +112,7 @@ class DualResModel(nn.Module):
         self.router.fuse()
         return self.eval()
 
-    def optimize_for_inference(self, keep_freed_memory: bool = True) -> "DualResModel":
+    def optimize_for_inference(self, keep_freed_memory: bool = False) -> "DualResModel":
         """Fuse, and the detector's CPU fast path (see ``DetectorBase.optimize_for_inference``)."""
         self.router.fuse()
         self.detector.optimize_for_inference(keep_freed_memory)

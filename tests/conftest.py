@@ -67,6 +67,21 @@ def pytest_collection_modifyitems(config, items: list) -> None:
     items.sort(key=lambda item: -seconds(item))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _user_cache(tmp_path_factory) -> None:
+    """The per-user cache (label caches, route latencies) of this test session only."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
+        yield
+
+
+@pytest.fixture
+def fresh_cache(tmp_path: Path, monkeypatch) -> Path:
+    """An empty per-user cache for one test (e.g. route latencies it fakes)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    return tmp_path / "user-cache" / "dynamicdet"
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

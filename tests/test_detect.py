@@ -93,12 +93,17 @@ def test_all_easy_nosave_and_class_filter(weights: Path, folder: Path, tmp_path:
         assert rows.shape[1] == 5 and set(rows[:, 0].tolist()) == {1.0}
 
 
-@pytest.mark.usefixtures("preloaded")
-def test_threshold_for_a_latency_target(weights: Path, folder: Path, tmp_path: Path) -> None:
-    s = _run(weights, folder / "grey.png", tmp_path, target_latency=15.0, nosave=True)
-    assert s["threshold"] == pytest.approx(0.5, abs=0.03)  # halfway between 10 and 20 ms: 50% hard
-    s = _run(weights, folder / "grey.png", tmp_path, target_latency=25.0, nosave=True)
+@pytest.mark.usefixtures("preloaded", "fresh_cache")
+def test_threshold_for_a_latency_target(weights: Path, folder: Path, tmp_path: Path, monkeypatch) -> None:
+    """The routes' latency on this machine (here 30 / 60 ms), not the checkpoint's (10 / 20 ms)."""
+    from utils.routing import policy
+    monkeypatch.setattr(policy, "route_latency", lambda model, img_size: {"easy": 30.0, "hard": 60.0})
+    s = _run(weights, folder / "grey.png", tmp_path, target_latency=45.0, nosave=True)
+    assert s["threshold"] == pytest.approx(0.5, abs=0.03)  # halfway between 30 and 60 ms: 50% hard
+    s = _run(weights, folder / "grey.png", tmp_path, target_latency=61.0, nosave=True)
     assert s["threshold"] == 0.0 and s["hard"] == 1
+    with pytest.raises(ValueError, match="below the easy route"):  # 15 ms fitted the stored 10 / 20
+        _run(weights, folder / "grey.png", tmp_path, target_latency=15.0, nosave=True)
 
 
 @pytest.mark.usefixtures("preloaded")

@@ -1,7 +1,8 @@
-"""Run directories: runs/<task>/<name>, runs/<task>/<name>2, ..."""
+"""Run directories (runs/<task>/<name>, runs/<task>/<name>2, ...) and the per-user cache folder."""
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,3 +45,10 @@ def latest_checkpoint(root: str | Path) -> Path:
     if not runs:
         raise FileNotFoundError(f"--resume: no */weights/last.pt found under {root.resolve()}")
     return runs[-1]
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """``$XDG_CACHE_HOME/dynamicdet/<parts>`` (default ``~/.cache/dynamicdet/<parts>``): what this
+    user's runs keep between runs (label caches, route latencies)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).joinpath("dynamicdet", *parts)

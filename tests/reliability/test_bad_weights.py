@@ -123,7 +123,7 @@ def assert_one_error_line(stderr: str, weights: Path) -> None:
     assert "Traceback" not in stderr, stderr
     assert weights.name in errors[0], errors[0]
     assert not [raw for raw in RAW if raw.lower() in errors[0].lower()], errors[0]
-    assert len(errors[0]) < 300, errors[0]
+    assert len(errors[0].replace(str(weights.parent), "<dir>")) < 300, errors[0]  # short, however deep the folder
 
 
 @pytest.mark.parametrize("fault", FAULTS)

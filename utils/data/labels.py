@@ -24,6 +24,7 @@ from tqdm import tqdm
 from utils.data.config import PathLike, image_to_label_path, sources_digest
 from utils.data.images import ImageReadError, read_image
 from utils.io import atomic_write
+from utils.paths import user_cache_dir
 
 LOGGER = logging.getLogger(__name__)
 CACHE_VERSION = "dynamicdet-labels-1"
@@ -262,8 +263,7 @@ def _files_hash(im_files: Sequence[Path], label_files: Sequence[Path]) -> str:
 
 def default_cache_dir() -> Path:
     """Per-user folder for label caches that cannot live next to the labels."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dynamicdet" / "labels"
+    return user_cache_dir("labels")
 
 
 def _cache_paths(label_files: Sequence[Path], sources: Sequence[PathLike],

@@ -52,7 +52,7 @@ class ExportBackend:
         self.end2end = meta["end2end"] is not None
         self.nms = dict(meta["end2end"] or {})
         self.gflops = dict(meta.get("gflops") or {})
-        self.info = {"format": self.format, "names": list(self.names),
+        self.info = {"format": self.format, "names": list(self.names), "img_size": list(self.img_size),
                      "thresholds": dict(meta.get("thresholds") or {}), "meta": meta, "extra": {},
                      "not_loaded": [], "dropped": [], "path": str(self.path), **info}
 

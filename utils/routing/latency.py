@@ -31,14 +31,25 @@ def inference_copy(model: torch.nn.Module) -> torch.nn.Module:
     return m.optimize_for_inference() if hasattr(m, "optimize_for_inference") else m
 
 
+def _example_input(model, img_size: int, batch_size: int) -> torch.Tensor:
+    """Random images as ``model`` takes them: its device and dtype (PyTorch), its fixed size (exports)."""
+    if isinstance(model, torch.nn.Module):
+        p = next(model.parameters())
+        return torch.rand(batch_size, 3, img_size, img_size, device=p.device, dtype=p.dtype)
+    h, w = getattr(model, "img_size", (img_size, img_size))
+    return torch.rand(batch_size, 3, h, w)
+
+
 @torch.inference_mode()
-def route_latency(model: torch.nn.Module, img_size: int, reps: int = 5, warmup: int = 2,
-                  batch_size: int = 1) -> dict[str, float]:
-    """Median ms per batch of each route of a dynamic model: {'easy', 'hard'} (threshold 1 and 0)."""
+def route_latency(model, img_size: int, reps: int = 5, warmup: int = 2, batch_size: int = 1) -> dict[str, float]:
+    """Median ms per batch of each route of a dynamic model (PyTorch or an export that takes its
+    threshold as an input): {'easy', 'hard'}, forced with threshold 1 and 0."""
     if not getattr(model, "is_dynamic", False):
         raise ValueError("route latencies need a dynamic model")
-    p = next(model.parameters())
-    x = torch.rand(batch_size, 3, img_size, img_size, device=p.device, dtype=p.dtype)
+    if getattr(model, "threshold_input", True) is False:
+        raise ValueError(f"{model.file_name} has its routing threshold built in, so its routes cannot be timed "
+                         "apart; export it with --thres-input")
+    x = _example_input(model, img_size, batch_size)
     was_training = model.training
     model.eval()
     try:
