@@ -6,7 +6,7 @@
     python benchmark.py --cfg dy-yolov7-w6 --img-size 1280 --device 0
 
 Writes ``benchmark.json`` (every timing, summaries, ratios, goals) and ``benchmark.md`` (the
-tables) to ``--out``. Sections (``--skip`` any): fused, fast, mixed, onnx, router.
+tables) to ``--out``. Sections (``--skip`` any): peak, fused, fast, mixed, onnx, deploy, router.
 """
 from __future__ import annotations
 

@@ -50,14 +50,14 @@ class Options:
 
 def load_export(spec: str, threads: int | None):
     """``path`` / ``path@bf16`` / ``easy.onnx+hard.onnx`` -> a model or an (easy, hard) pair."""
-    from utils.export.onnx_model import OnnxModel
+    from utils.runtime.onnx_model import OnnxModel
     path, _, precision = spec.partition("@")
     if "+" in path:
         easy, hard = path.split("+")
         return OnnxModel(easy, threads=threads), OnnxModel(hard, threads=threads)
     if path.endswith(".onnx"):
         return OnnxModel(path, threads=threads)
-    from utils.export.openvino_model import OpenVinoModel
+    from utils.runtime.openvino_model import OpenVinoModel
     return OpenVinoModel(path, threads=threads, precision=precision or None)
 
 

@@ -15,7 +15,7 @@ from data.make_demo_data import make_demo_dataset  # noqa: E402
 from dydet import DyDet  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 from utils import cpu  # noqa: E402
-from utils.export.openvino_model import OpenVinoModel  # noqa: E402
+from utils.runtime.openvino_model import OpenVinoModel  # noqa: E402
 from utils.weights.backends import load_model  # noqa: E402
 
 WEIGHTS = REPO / "weights" / "demo-dy-yolov7-tiny.pt"

@@ -25,7 +25,7 @@ from data.make_demo_data import make_demo_dataset
 from dydet import DyDet
 from models.yolo import build_model
 from tests.conftest import REPO
-from utils.export.onnx_model import OnnxModel
+from utils.runtime.onnx_model import OnnxModel
 from utils.export.parity import difference
 from utils.torch_utils import full_fp32
 from utils.weights.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint

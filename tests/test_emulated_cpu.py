@@ -91,7 +91,7 @@ def int8_pair(tmp_path_factory) -> dict:
     from tests.export.test_openvino import SIZE, tiny_checkpoint
     from utils.export import openvino as ovx
     from utils.export import quantize as q
-    from utils.export.onnx_model import OnnxModel
+    from utils.runtime.onnx_model import OnnxModel
 
     root = tmp_path_factory.mktemp("emulated")
     n = torch.get_num_threads()

@@ -21,7 +21,7 @@ from utils.export.exporters import (
     save_onnx,
 )
 from utils.export.onnx_graph import Builder, finish, nms, tensor_info
-from utils.export.onnx_model import OnnxModel
+from utils.runtime.onnx_model import OnnxModel
 from utils.export.parity import difference, parity, probe_images
 from utils.export.spec import ExportOptions
 from utils.inference.nms import non_max_suppression

@@ -75,3 +75,29 @@ def test_library_imports_have_no_cycles() -> None:
         if m not in state:
             visit(m, [m])
     assert not cycles, f"import cycles: {cycles}"
+
+
+def _package(module: str, known: dict[str, Path]) -> str:
+    """``models``; a package of utils/ (``utils.routing``); or a helper module of utils/ itself."""
+    parts = module.split(".")
+    if parts[0] == "models":
+        return "models"
+    is_package = known[module].name == "__init__.py"
+    return ".".join(parts[:2]) if len(parts) > 2 or is_package else module
+
+
+def test_packages_have_no_cycles() -> None:
+    """No package imports one that imports it back, however indirectly (module cycles aside)."""
+    known = _modules()
+    graph: dict[str, set[str]] = {}
+    for m, p in known.items():
+        src = _package(m, known)
+        graph.setdefault(src, set()).update(_package(t, known) for imp, names in _imports(p)
+                                            for t in _targets(imp, names, known) if _package(t, known) != src)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(nxt == goal or (nxt not in seen and not seen.add(nxt) and reaches(nxt, goal, seen))
+                   for nxt in graph.get(start, ()))
+
+    cycles = sorted((a, b) for a in graph for b in graph[a] if a < b and reaches(b, a, set()))
+    assert not cycles, f"packages importing each other (directly or through others): {cycles}"

@@ -11,6 +11,7 @@ import torch
 
 from utils.data.images import write_image
 from utils.evaluation import plots
+from utils.inference import drawing
 from utils.evaluation.metrics import ConfusionMatrix, match_predictions, pr_curves
 
 NAMES = ["cat", "dog", "bird"]
@@ -48,11 +49,11 @@ def test_no_pyplot_state_touched(tmp_path):
 
 
 def test_class_color_deterministic_and_distinct():
-    colors = [plots.class_color(i) for i in range(20)]
-    assert colors == [plots.class_color(i) for i in range(20)]
+    colors = [drawing.class_color(i) for i in range(20)]
+    assert colors == [drawing.class_color(i) for i in range(20)]
     assert len(set(colors)) == 20
     assert all(0 <= v <= 255 for c in colors for v in c)
-    assert plots.class_color(3, bgr=False) == plots.class_color(3)[::-1]
+    assert drawing.class_color(3, bgr=False) == drawing.class_color(3)[::-1]
 
 
 def test_pr_and_metric_curves(tmp_path, pr_result):
@@ -125,13 +126,13 @@ def test_plot_labels(tmp_path):
 
 def test_draw_detections_copy_and_caption(tmp_path):
     img = np.full((120, 160, 3), 128, dtype=np.uint8)
-    out = plots.draw_detections(img, np.array([[10, 20, 80, 100]]), [0.87], [1], NAMES,
+    out = drawing.draw_detections(img, np.array([[10, 20, 80, 100]]), [0.87], [1], NAMES,
                                 caption="hard φ=0.73")
     assert out.shape == img.shape and out.dtype == np.uint8
     assert (img == 128).all()                      # input untouched
     assert not np.array_equal(out, img)
     assert not np.array_equal(out[:12, :60], img[:12, :60])  # caption in the top-left corner
-    ascii_caption = plots.draw_detections(img, torch.zeros(0, 4), [], [], NAMES, caption="easy")
+    ascii_caption = drawing.draw_detections(img, torch.zeros(0, 4), [], [], NAMES, caption="easy")
     assert not np.array_equal(ascii_caption[:12, :40], img[:12, :40])
     _readable(write_image(tmp_path / "det.jpg", out))
 

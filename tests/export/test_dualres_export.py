@@ -17,7 +17,7 @@ from models.yolo import build_model
 from tests.conftest import randomize_bn
 from tests.test_export import fused
 from utils.export.exporters import example_images
-from utils.export.onnx_model import OnnxModel
+from utils.runtime.onnx_model import OnnxModel
 from utils.export.parity import difference, probe_images
 from utils.export.shared_weights import all_graphs, content_key, share_duplicates
 from utils.export.spec import ExportOptions

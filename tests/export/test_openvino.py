@@ -17,7 +17,7 @@ import export  # noqa: E402
 from models.yolo import build_model  # noqa: E402
 from utils import cpu  # noqa: E402
 from utils.export import openvino as ovx  # noqa: E402
-from utils.export.onnx_model import OnnxModel  # noqa: E402
+from utils.runtime.onnx_model import OnnxModel  # noqa: E402
 from utils.export.parity import difference  # noqa: E402
 from utils.weights.checkpoints import save_checkpoint  # noqa: E402
 

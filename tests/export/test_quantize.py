@@ -17,7 +17,7 @@ import export  # noqa: E402
 from tests.export.test_openvino import SIZE, tiny_checkpoint  # noqa: E402
 from utils.export import openvino as ovx  # noqa: E402
 from utils.export import quantize as q  # noqa: E402
-from utils.export.onnx_model import OnnxModel  # noqa: E402
+from utils.runtime.onnx_model import OnnxModel  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -21,7 +21,7 @@ SCENARIO = textwrap.dedent("""
     import numpy as np
     import openvino as ov
     import openvino.opset13 as ops
-    from utils.export.openvino_model import compile_cpu
+    from utils.runtime.openvino_model import compile_cpu
 
     x = ops.parameter([1, 3, 32, 32], np.float32, name="x")
     w = ops.constant(np.random.default_rng(0).random((8, 3, 3, 3), dtype=np.float32))
@@ -68,7 +68,7 @@ SWAP_PROBE = textwrap.dedent("""
 """)
 
 
-GUARDED = "from utils.export.openvino_model import compile_cpu"
+GUARDED = "from utils.runtime.openvino_model import compile_cpu"
 
 
 @pytest.mark.parametrize("imports,compile_expr,kept", [

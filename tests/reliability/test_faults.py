@@ -1,4 +1,4 @@
-"""A full disk or a SIGKILL while writing never loses the previous file (issue 14).
+"""A full disk or a SIGKILL while writing never loses the previous file.
 
 Four kinds of writes, each onto a destination that already holds a previous version:
 a checkpoint (``save_checkpoint``), an ONNX export and an OpenVINO folder (``export.run``), and a

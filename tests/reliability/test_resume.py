@@ -1,4 +1,4 @@
-"""``--resume`` after a SIGKILL at a random moment ends where an uninterrupted run ends (issue 14).
+"""``--resume`` after a SIGKILL at a random moment ends where an uninterrupted run ends.
 
 train.py and train_router.py run as subprocesses (one thread, ``--workers 0``, CPU: the setting
 in which resume is bit-exact, see utils/train/rng.py). Each trial kills a run at a random moment

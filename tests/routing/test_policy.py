@@ -14,7 +14,7 @@ import export
 import test as test_script
 from dydet import DyDet
 from tests.conftest import make_dataset, tiny_checkpoint
-from utils.export.onnx_model import OnnxModel
+from utils.runtime.onnx_model import OnnxModel
 from utils.routing import policy
 from utils.routing.calibration import calibration_record
 

@@ -120,7 +120,7 @@ def _torch_runner(m: torch.nn.Module, bf16: bool = False) -> Runner:
 
 def _ort_runner(files: dict, threads) -> Runner:
     """ONNX Runtime sessions of the exports in ``files`` ('both' routed, 'easy' / 'hard' static)."""
-    from utils.export.onnx_model import OnnxModel
+    from utils.runtime.onnx_model import OnnxModel
     s = {r: OnnxModel(path, threads=threads) for r, path in files.items()}
     runner: Runner = {r: s[r] for r in ROUTES if r in s}
     if "both" in s:
@@ -130,7 +130,7 @@ def _ort_runner(files: dict, threads) -> Runner:
 
 def _ov_runner(folders: dict, threads, precision: str | None) -> Runner:
     """OpenVINO compiled models of the IR ``folders`` ('both', 'easy', 'hard')."""
-    from utils.export.openvino_model import OpenVinoModel
+    from utils.runtime.openvino_model import OpenVinoModel
     m = {r: OpenVinoModel(path, threads=threads, precision=precision) for r, path in folders.items()}
     return {"dynamic": lambda x, t: m["both"](x, threshold=t), "easy": m["easy"], "hard": m["hard"]}
 
@@ -205,7 +205,7 @@ def _peak(peaks: dict | None, dtype: str, which: str) -> float | None:
     return p.get("measured") if which == "measured" else (p.get("theoretical") or {}).get("gflops")
 
 
-# ---- goals (issue #13) ------------------------------------------------------------------------------
+# ---- goals: INT8 and bf16 against the fast path, dynamic against static exports ------------------------------------------------------------------------------
 def deploy_goals(rec: dict, flags: frozenset[str]) -> list[tuple[str, str, str, float, float | None]]:
     """(key, description, op, target, value) for one config's deploy section: ratios in one run."""
     m = (rec.get("deploy") or {}).get("metrics") or {}

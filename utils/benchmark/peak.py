@@ -191,7 +191,7 @@ def gemm_int8_openvino(n: int, threads: int, reps: int, warmup: int, seed: int =
     import openvino as ov
     import openvino.opset13 as ops
 
-    from utils.export.openvino_model import compile_cpu
+    from utils.runtime.openvino_model import compile_cpu
 
     bits = weight_bits or int8_weight_bits()
     a, b = _int8_operands(n, seed, unsigned_a=True, weight_bits=bits)

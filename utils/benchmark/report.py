@@ -96,7 +96,7 @@ def router_table(configs: Sequence[Mapping]) -> list[str]:
 
 
 def peaks_table(peaks: Mapping | None) -> list[str]:
-    """Measured GEMM peak per data type next to the theoretical one (issue #13)."""
+    """Measured GEMM peak per data type next to the theoretical one."""
     if not peaks:
         return []
     rows = []
@@ -150,7 +150,7 @@ def deploy_table(configs: Sequence[Mapping]) -> list[str]:
 def goals_table(goals: Sequence[Mapping]) -> list[str]:
     rows = [[g["description"], f"`{g['cfg']}` @ {g['img_size']}", _num(g["value"], 3), g["target"],
              "yes" if g["met"] else "**no**"] for g in goals]
-    return ["## Goals (issues #6, #13)", ""] + _table(["goal", "config", "value", "target", "met"], rows) if rows else []
+    return ["## Goals", ""] + _table(["goal", "config", "value", "target", "met"], rows) if rows else []
 
 
 def markdown(result: Mapping) -> str:

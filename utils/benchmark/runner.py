@@ -1,4 +1,5 @@
-"""Benchmark suite (issue #6): route latencies, routing overhead, mixed batches, ONNX, router training.
+"""Benchmark suite: GEMM peaks, route latencies, routing overhead, mixed batches, ONNX Runtime,
+deployment backends, router training.
 
 Timings are wall-clock, device-synchronised and *interleaved*: each repetition calls every
 measured function once in turn, so a change of machine load hits all of them alike and the

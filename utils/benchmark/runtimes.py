@@ -35,7 +35,7 @@ def onnx_section(bench, mode: str) -> dict:
         import onnx  # noqa: F401  (the exporter)
         import onnxruntime  # noqa: F401  (the runtime)
 
-        from utils.export.onnx_model import OnnxModel
+        from utils.runtime.onnx_model import OnnxModel
     except ImportError as e:
         return {"status": f"skipped: ONNX export not available ({e})"}
     with tempfile.TemporaryDirectory(prefix="dydet-bench-") as tmp:

@@ -1,4 +1,4 @@
-"""Pure computations of the benchmark: timing summaries, derived ratios and the issue's goals.
+"""Pure computations of the benchmark: timing summaries, derived ratios and the goals.
 
 Everything here works on plain numbers (milliseconds, GFLOPs) so it can be tested with fake
 timings. A timing summary is ``{"median", "q1", "q3", "min", "max", "n", "times"}`` in ms.
@@ -106,7 +106,7 @@ def router_metrics(steps: Mapping[int, Mapping], collect: Mapping[int, Mapping] 
     return out
 
 
-# ---- goals of issue #6 -----------------------------------------------------------------------
+# ---- goals: latency, overhead, mixed batches, ONNX, router training -----------------------------------------------------------------------
 GOALS = (
     # (key, description, comparison, target)
     ("routing_overhead", "Dy easy route / plain model latency", "<=", 1.02),
@@ -147,8 +147,8 @@ def _worst(values: list, pick) -> float | None:
 def check_goals(cfg_records: Sequence[Mapping], mode: str, extra: Callable[[dict], list] | None = None) -> list[dict]:
     """One row per (config, goal) that was measured: value, target and whether it is met.
 
-    Issue #6's goals (:data:`GOALS`) and the rows ``extra(record)`` adds as (key, description,
-    op, target, value), e.g. issue #13's :func:`utils.benchmark.deploy.deploy_goals`.
+    The goals of :data:`GOALS` and the rows ``extra(record)`` adds as (key, description, op,
+    target, value), e.g. the deployment goals of :func:`utils.benchmark.deploy.deploy_goals`.
     """
     rows = []
     for rec in cfg_records:

@@ -1,4 +1,4 @@
-"""Figures and image annotation for training, evaluation, detection and router analysis.
+"""Figures for training, evaluation and router analysis (annotation: :mod:`utils.inference.drawing`).
 
 Every ``plot_*`` function writes one image file (format from the suffix, via OpenCV) and returns
 its path. Figures are built on ``matplotlib.figure.Figure`` with an Agg canvas, so no window is
@@ -7,10 +7,8 @@ annotation helpers are ``HxWx3`` ``uint8`` BGR unless stated otherwise.
 """
 from __future__ import annotations
 
-import colorsys
 import csv
 import math
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence, Union
 
@@ -23,6 +21,7 @@ from matplotlib.figure import Figure
 from utils.boxes import xywh2xyxy
 from utils.data.config import names_list
 from utils.data.images import write_image
+from utils.inference.drawing import class_color, draw_box, line_style, put_text
 
 if TYPE_CHECKING:
     from utils.data.config import Names
@@ -32,22 +31,13 @@ PathLike = Union[str, Path]
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
 
 __all__ = [
-    "class_color", "plot_pr_curve", "plot_metric_curve", "plot_confusion_matrix", "plot_images",
-    "plot_results", "plot_labels", "draw_detections", "plot_histogram", "plot_gallery",
+    "plot_pr_curve", "plot_metric_curve", "plot_confusion_matrix", "plot_images",
+    "plot_results", "plot_labels", "plot_histogram", "plot_gallery",
     "plot_tradeoff",
 ]
 
 
 # --------------------------------------------------------------------------- colours and I/O
-def class_color(i: int, bgr: bool = True) -> tuple[int, int, int]:
-    """Deterministic colour for class ``i``: hues walk the circle by the golden ratio."""
-    hue = (int(i) * 0.618033988749895) % 1.0
-    saturation = 0.85 if int(i) % 2 == 0 else 0.6
-    r, g, b = colorsys.hsv_to_rgb(hue, saturation, 0.95)
-    rgb = (int(r * 255), int(g * 255), int(b * 255))
-    return rgb[::-1] if bgr else rgb
-
-
 def _mpl_color(i: int) -> tuple[float, float, float]:
     """:func:`class_color` as matplotlib RGB floats."""
     return tuple(v / 255 for v in class_color(i, bgr=False))
@@ -63,103 +53,6 @@ def _save_figure(fig: Figure, path: PathLike) -> Path:
 
 def _numpy(x: ArrayLike) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-# --------------------------------------------------------------------------- text and boxes
-@lru_cache(maxsize=8)
-def _unicode_font(size: int):
-    """DejaVu Sans (shipped with matplotlib) as a Pillow font, for text OpenCV cannot draw."""
-    import matplotlib
-    from PIL import ImageFont
-
-    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    return ImageFont.truetype(str(font), size)
-
-
-def _put_text(img: np.ndarray, text: str, org: tuple[int, int], scale: float,
-              color: tuple[int, int, int] = (255, 255, 255),
-              background: tuple[int, int, int] | None = None) -> tuple[int, int]:
-    """Draw ``text`` with its top-left corner at ``org`` (in place); return its (w, h).
-
-    ASCII goes through OpenCV; anything else (e.g. 'φ') through Pillow with DejaVu Sans.
-    """
-    if text.isascii():
-        return _put_text_cv2(img, text, org, scale, color, background)
-    return _put_text_pil(img, text, org, scale, color, background)
-
-
-def _put_text_cv2(img, text, org, scale, color, background) -> tuple[int, int]:
-    thickness = max(1, round(scale * 2))
-    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-    x, y = org
-    if background is not None:
-        cv2.rectangle(img, (x, y), (x + w + 4, y + h + base + 4), background, -1)
-    cv2.putText(img, text, (x + 2, y + h + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness,
-                cv2.LINE_AA)
-    return w + 4, h + base + 4
-
-
-def _put_text_pil(img, text, org, scale, color, background) -> tuple[int, int]:
-    from PIL import Image, ImageDraw
-
-    font = _unicode_font(max(8, round(scale * 32)))
-    pil = Image.fromarray(img[..., ::-1])
-    draw = ImageDraw.Draw(pil)
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    w, h = right - left + 4, bottom - top + 4
-    x, y = org
-    if background is not None:
-        draw.rectangle((x, y, x + w, y + h), fill=tuple(background[::-1]))
-    draw.text((x + 2 - left, y + 2 - top), text, font=font, fill=tuple(color[::-1]))
-    img[:] = np.asarray(pil)[..., ::-1]
-    return w, h
-
-
-def _text_color(bg: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Black or white, whichever reads better on the BGR colour ``bg`` (by luma)."""
-    b, g, r = bg
-    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
-
-
-def _draw_box(img: np.ndarray, xyxy: Sequence[float], cls: int, label: str | None,
-              line_width: int, font_scale: float) -> None:
-    """Box outline in the class colour plus a filled label tag above (or inside) it, in place."""
-    color = class_color(cls)
-    x1, y1, x2, y2 = (int(round(v)) for v in xyxy)
-    cv2.rectangle(img, (x1, y1), (x2, y2), color, line_width, cv2.LINE_AA)
-    if not label:
-        return
-    thickness = max(1, round(font_scale * 2))
-    (_, h), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
-    top = y1 - h - base - 4 if y1 - h - base - 4 >= 0 else y1
-    _put_text(img, label, (x1, top), font_scale, _text_color(color), color)
-
-
-def _style(h: int, w: int) -> tuple[int, float]:
-    """Line width and font scale that suit an image of this size."""
-    side = max(h, w)
-    return max(1, round(side / 400)), max(0.35, side / 1600)
-
-
-def draw_detections(img_bgr: np.ndarray, boxes_xyxy: ArrayLike, scores: ArrayLike,
-                    classes: ArrayLike, names: Names, caption: str | None = None,
-                    line_width: int | None = None) -> np.ndarray:
-    """Annotated copy of ``img_bgr``: one box and 'name score' tag per detection.
-
-    ``caption`` (e.g. 'hard φ=0.73') is written on a dark strip in the top-left corner.
-    """
-    out = np.ascontiguousarray(img_bgr).copy()
-    lw, fs = _style(*out.shape[:2])
-    lw = line_width or lw
-    label_names = names_list(names)
-    boxes = _numpy(boxes_xyxy).reshape(-1, 4)
-    for box, score, cls in zip(boxes, _numpy(scores).reshape(-1), _numpy(classes).reshape(-1)):
-        c = int(cls)
-        name = label_names[c] if 0 <= c < len(label_names) else str(c)
-        _draw_box(out, box, c, f"{name} {float(score):.2f}", lw, fs)
-    if caption:
-        _put_text(out, caption, (0, 0), fs * 1.3, (255, 255, 255), (40, 40, 40))
-    return out
 
 
 # --------------------------------------------------------------------------- curves
@@ -303,15 +196,15 @@ def _draw_tile(img_rgb: np.ndarray, boxes, cls, conf, scale: float, names: list[
     size = (max(1, int(w * scale)), max(1, int(h * scale)))
     tile = cv2.cvtColor(cv2.resize(img_rgb, size, interpolation=cv2.INTER_AREA) if scale < 1
                         else img_rgb, cv2.COLOR_RGB2BGR)
-    lw, fs = _style(*tile.shape[:2])
+    lw, fs = line_style(*tile.shape[:2])
     for k in range(len(boxes)):
         if conf is not None and conf[k] < conf_thres:
             continue
         name = names[cls[k]] if 0 <= cls[k] < len(names) else str(cls[k])
         text = name if conf is None else f"{name} {conf[k]:.2f}"
-        _draw_box(tile, boxes[k] * scale, int(cls[k]), text, lw, fs * 0.8)
+        draw_box(tile, boxes[k] * scale, int(cls[k]), text, lw, fs * 0.8)
     if label:
-        _put_text(tile, label[:40], (2, 2), fs * 0.8, (255, 255, 255), (40, 40, 40))
+        put_text(tile, label[:40], (2, 2), fs * 0.8, (255, 255, 255), (40, 40, 40))
     cv2.rectangle(tile, (0, 0), (tile.shape[1] - 1, tile.shape[0] - 1), (255, 255, 255), 2)
     return tile
 
@@ -370,7 +263,7 @@ def plot_gallery(images: Sequence[np.ndarray], captions: Sequence[str], path: Pa
     for i, (img, caption) in enumerate(zip(images, captions)):
         y, x = (i // cols) * (tile + strip), (i % cols) * tile
         canvas[y:y + tile, x:x + tile] = _fit_tile(_numpy(img), tile)
-        _put_text(canvas, str(caption), (x + 2, y + tile + 1), strip / 40, (0, 0, 0))
+        put_text(canvas, str(caption), (x + 2, y + tile + 1), strip / 40, (0, 0, 0))
     return write_image(path, canvas)
 
 

@@ -1,6 +1,6 @@
 """An export's accuracy next to its PyTorch model: per route, φ ranking, the dial, the sweep.
 
-What INT8 (or bf16) must keep (issue #13): each route's mAP@.5:.95 within 0.01 of fp32, the
+What INT8 (or bf16) must keep: each route's mAP@.5:.95 within 0.01 of fp32, the
 router's ranking of the images (Spearman rank correlation of φ >= 0.99), so the calibrated dial
 still gives its hard fractions (``p50`` -> 50 ± 5%), and the accuracy-speed sweep.
 

@@ -46,7 +46,7 @@ from utils.export.onnx_graph import (
     threshold_mask,
     trace_stage,
 )
-from utils.export.onnx_model import FORMAT
+from utils.runtime.onnx_model import FORMAT
 from utils.export.shared_weights import share_duplicates
 from utils.export.spec import ExportOptions
 from utils.io import atomic_write
@@ -121,7 +121,7 @@ def single_route(model: torch.nn.Module, route: str) -> torch.nn.Module:
 
 
 def onnx_metadata(model: torch.nn.Module, opt: ExportOptions, info: dict, gflops: dict | None = None) -> dict:
-    """What :class:`utils.export.onnx_model.OnnxModel` needs to behave like the PyTorch model."""
+    """What :class:`utils.runtime.onnx_model.OnnxModel` needs to behave like the PyTorch model."""
     routed = model.is_dynamic and opt.route == "both"
     nms_opts = {k: getattr(opt, k) for k in ("conf_thres", "iou_thres", "topk_all")} if opt.end2end else None
     kind = {"kind": "dy" if model.is_dynamic else "plain", "route_names": list(getattr(model, "route_names", ()))}

@@ -8,7 +8,7 @@ subset is not empty). The folder ``<name>_openvino/`` holds ``<name>.xml`` / ``<
 ``metadata.json``; the same JSON is stored in the IR's ``rt_info`` (``dydet/metadata``), so the
 ``.xml`` alone is enough. The folder is written under a temporary name, checked (it compiles and
 matches ONNX Runtime per route) and only then renamed: a failed export leaves nothing behind.
-The backend that runs the folder is :class:`utils.export.openvino_model.OpenVinoModel`.
+The backend that runs the folder is :class:`utils.runtime.openvino_model.OpenVinoModel`.
 
 One rewrite happens on the way: OpenVINO's ONNX frontend reads an empty ``Constant`` (the
 ``(0, N, 5 + nc)`` result of a batched graph's "no image on this route" branch) as a scalar,
@@ -29,7 +29,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from utils.export.openvino_model import (  # noqa: F401  (re-exported: the backend's names)
+from utils.runtime.openvino_model import (  # noqa: F401  (re-exported: the backend's names)
     FORMAT,
     METADATA_FILE,
     RT_INFO_PATH,
@@ -46,7 +46,7 @@ from utils.export.openvino_model import (  # noqa: F401  (re-exported: the backe
 from utils.export.parity import difference
 from utils.io import atomic_write_dir
 
-ONNX_FORMAT = "dydet-onnx-v1"  # what utils.export.onnx_model writes (checked on the source file)
+ONNX_FORMAT = "dydet-onnx-v1"  # what utils.runtime.onnx_model writes (checked on the source file)
 
 
 # ---- paths --------------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def parity_with_onnx(ir: str | Path, onnx_path: str | Path, threads: int | None 
     """OpenVINO against ONNX Runtime per route on ``n`` probe images (threshold 1 / 0 where it is
     an input; a batched graph also on a mixed batch split at the widest gap of its φ), measured
     by :func:`utils.export.parity.difference` (scores absolute, pixel coordinates relative)."""
-    from utils.export.onnx_model import OnnxModel
+    from utils.runtime.onnx_model import OnnxModel
     got, ref = OpenVinoModel(ir, threads=threads), OnnxModel(onnx_path, threads=threads)
     x = probe_inputs(ref.img_size, max(n, got.batch or 1))
 

@@ -1,4 +1,5 @@
-"""Writing an export and checking it: ONNX or TorchScript files compared with the PyTorch model.
+"""Writing an export and checking it: ONNX, TorchScript and OpenVINO files (and their INT8 copies)
+compared with the PyTorch model.
 
 export.py and the benchmark call :func:`export_model` on a loaded, fused model; every file is
 written atomically and then run against PyTorch on inputs that take each route.
@@ -15,7 +16,7 @@ import torch
 
 from models.flops import route_gflops
 from utils.export.exporters import onnx_graph, onnx_metadata, save_onnx, simplify, torchscript_module
-from utils.export.onnx_model import OnnxModel
+from utils.runtime.onnx_model import OnnxModel
 from utils.export.parity import ScriptBackend, parity
 from utils.export.spec import ExportOptions
 from utils.io import atomic_write

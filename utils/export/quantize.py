@@ -37,7 +37,7 @@ quantized to 7 bits (ONNX Runtime's ``reduce_range``, NNCF's ``OverflowFix.ENABL
 sums then fit and the file computes the same on every x86 CPU, with or without VNNI, at the
 same speed (the kernels are the same). Without it ONNX Runtime uses 8-bit weights and NNCF its
 own default (7 bits for the first convolution only). The choice is recorded in the metadata;
-:func:`utils.export.saturation.warn_if_unsafe` warns once when such a file runs on a CPU that
+:func:`utils.runtime.saturation.warn_if_unsafe` warns once when such a file runs on a CPU that
 lacks VNNI.
 """
 from __future__ import annotations
@@ -53,8 +53,8 @@ import onnx
 import torch
 
 from utils.export import openvino as ovx
-from utils.export.openvino_model import compile_cpu
-from utils.export.saturation import saturation_record
+from utils.runtime.openvino_model import compile_cpu
+from utils.runtime.saturation import saturation_record
 from utils.sigaltstack import kept_sigaltstack
 
 LOGGER = logging.getLogger(__name__)
@@ -345,7 +345,7 @@ def quantize_onnx(onnx_path: str | Path, calibration, out_path: str | Path | Non
 
     A routed export (with ``If``) is refused (see the module notes). ``out_path`` defaults to
     ``<name>-int8.onnx``; the export metadata is kept (with a ``quantization`` record) so
-    :class:`utils.export.onnx_model.OnnxModel` loads the file like any export.
+    :class:`utils.runtime.onnx_model.OnnxModel` loads the file like any export.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -1,7 +1,7 @@
 """The one inference path: batch pre-processing, model call (routed or both detectors), NMS.
 
-detect.py, test.py, the Python API and the benchmark all go through :class:`Predictor`, so
-images are normalised, routed and suppressed the same way everywhere.
+detect.py, test.py and the Python API go through :class:`Predictor`, so images are normalised,
+routed and suppressed the same way everywhere (the benchmark times the models themselves).
 """
 from __future__ import annotations
 

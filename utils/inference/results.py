@@ -13,7 +13,7 @@ import numpy as np
 from utils.boxes import xyxy2xywhn
 from utils.data.config import names_list
 from utils.data.images import write_image
-from utils.evaluation.plots import draw_detections
+from utils.inference.drawing import draw_detections
 
 __all__ = ["Result", "safe_stem"]
 

@@ -1,4 +1,4 @@
-"""What both trainers share: the epoch loop, the best-so-far bookkeeping and the run's log.
+"""What the trainers (stage 1, the DynamicDet router, the DualRes router) share: the epoch loop, the best-so-far bookkeeping and the run's log.
 
 :class:`EpochLoop` runs the remaining epochs of a (possibly resumed) run: a subclass trains one
 epoch in :meth:`EpochLoop.train_epoch` and, on the main process, scores and saves it in

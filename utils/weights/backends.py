@@ -13,7 +13,7 @@ import torch
 
 from models.zoo import zoo_entry
 from utils.defaults import IMG_SIZE
-from utils.export.openvino_model import is_openvino
+from utils.runtime.openvino_model import is_openvino
 from utils.torch_utils import select_device
 from utils.weights.checkpoints import load_checkpoint
 from utils.weights.downloads import attempt_download
@@ -34,11 +34,11 @@ def load_model(weights: str | Path, cfg: str | None = None, device: str | torch.
     """
     dev = select_device(device)
     if is_openvino(weights):
-        from utils.export.openvino_model import OpenVinoModel
+        from utils.runtime.openvino_model import OpenVinoModel
         model = OpenVinoModel(weights, device=dev, precision="bf16" if half else None)
         return model, model.info
     if is_onnx(weights):
-        from utils.export.onnx_model import OnnxModel
+        from utils.runtime.onnx_model import OnnxModel
         if not Path(weights).is_file():
             raise FileNotFoundError(f"ONNX file {str(weights)!r} not found")
         if half:

@@ -1,6 +1,6 @@
 """The OpenVINO backend: an IR folder of an export, called like the PyTorch model.
 
-:class:`OpenVinoModel` mirrors :class:`utils.export.onnx_model.OnnxModel`: ``model(x,
+:class:`OpenVinoModel` mirrors :class:`utils.runtime.onnx_model.OnnxModel`: ``model(x,
 threshold=None)`` returns a :class:`models.dynamic.DyOutput` for a routed graph, the prediction
 otherwise; ``names``, ``stride``, ``img_size``, ``is_dynamic``, ``kind``, ``route_names``,
 ``end2end``, ``info``, ``eval()``. It compiles for the CPU in fp32 unless told otherwise:
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from utils.cpu import require_bf16
-from utils.export.backend import ExportBackend
-from utils.export.saturation import warn_if_unsafe
+from utils.runtime.backend import ExportBackend
+from utils.runtime.saturation import warn_if_unsafe
 from utils.sigaltstack import kept_sigaltstack
 from utils.validate import describe_file
 

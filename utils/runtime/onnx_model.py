@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.export.backend import ExportBackend
-from utils.export.saturation import warn_if_unsafe
+from utils.runtime.backend import ExportBackend
+from utils.runtime.saturation import warn_if_unsafe
 from utils.validate import describe_file
 
 LOGGER = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""utils/export/saturation.py: an INT8 file with full-range weights warns once, in one line, on a
+"""utils/runtime/saturation.py: an INT8 file with full-range weights warns once, in one line, on a
 CPU without VNNI, and never where the products cannot saturate."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from utils.export import saturation
+from utils.runtime import saturation
 
 AVX2 = frozenset("sse2 avx avx2 fma".split())
 VNNI = AVX2 | {"avx512f", "avx512_vnni"}

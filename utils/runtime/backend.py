@@ -1,7 +1,7 @@
 """What every export backend shares: the export metadata, the PyTorch calling convention, batching.
 
-:class:`ExportBackend` is the base of :class:`utils.export.onnx_model.OnnxModel` (ONNX Runtime)
-and :class:`utils.export.openvino_model.OpenVinoModel` (OpenVINO). A subclass loads its file,
+:class:`ExportBackend` is the base of :class:`utils.runtime.onnx_model.OnnxModel` (ONNX Runtime)
+and :class:`utils.runtime.openvino_model.OpenVinoModel` (OpenVINO). A subclass loads its file,
 sets ``output_names`` and ``device``, calls :meth:`_configure` with the export metadata, and
 implements :meth:`run` (one raw inference). ``model(x, threshold=None)`` then returns what the
 PyTorch model returns: a :class:`models.dynamic.DyOutput` for a routed export, the prediction

@@ -16,7 +16,7 @@ from tests.test_export import SIZE, checkpoint, fused
 from utils.data.config import load_data_config
 from utils.data.datasets import create_dataloader
 from utils.evaluation.evaluate import evaluate
-from utils.export.onnx_model import OnnxModel
+from utils.runtime.onnx_model import OnnxModel
 from utils.export.parity import difference, probe_images
 from utils.export.spec import ExportOptions
 from utils.inference.predictor import Predictor
