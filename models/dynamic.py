@@ -127,7 +127,6 @@ class DyModel(DetectorBase):
         for m in list(self.model_h) + list(self.model_b2) + list(self.model_h2):
             f = m.f if isinstance(m.f, list) else [m.f]
             later.update(p for p in f if p <= n)
-        self._b1_keep = sorted(later)
         self._rel_b1 = release_schedule(self.model_b, 1, keep=later)
         self._rel_h1 = release_schedule(self.model_h, n + 1)
         self._rel_b2 = release_schedule(self.model_b2, n + 1, keep=self._h2_needs())

@@ -73,17 +73,17 @@ python train_router.py --router dualres --weights "$W/demo-plain.pt" --data "$W/
     --img-size 128 --device cpu --workers 0 "${ROUTER_OPTS[@]}" --project "$W/runs" --name dualres --exist-ok
 
 # 4. Release copy: fp16 weights, calibrated as they ship (as for the Dy demo), no training state.
-python -c "from utils.weights.checkpoints import strip_checkpoint as s; s('$W/runs/dualres/weights/best.pt', '$W/dualres-fp16.pt')"
+python scripts/strip_checkpoint.py --src $W/runs/dualres/weights/best.pt --dst $W/dualres-fp16.pt
 python train_router.py --router dualres --weights "$W/dualres-fp16.pt" --data "$W/router-train/demo.yaml" \
     --img-size 128 --batch-size 16 --device cpu --workers 0 --calibrate --project "$W/runs" --name dualres-calib --exist-ok
-python -c "from utils.weights.checkpoints import strip_checkpoint as s; s('$W/runs/dualres-calib/weights/calibrated.pt', 'weights/demo-dualres-yolov7-tiny.pt')"
+python scripts/strip_checkpoint.py --src $W/runs/dualres-calib/weights/calibrated.pt --dst weights/demo-dualres-yolov7-tiny.pt
 
 # 5. Composability: the same router, untrained, on another detector of the same data (the Dy
 #    demo's detector 2, inner threshold 0), calibrated on the router data's val images.
 python train_router.py --router dualres --weights weights/demo-dy-yolov7-tiny.pt \
     --router-from weights/demo-dualres-yolov7-tiny.pt --data "$W/router-train/demo.yaml" --img-size 128 \
     --batch-size 16 --device cpu --workers 0 --project "$W/runs" --name dualres-on-dy2 --exist-ok
-python -c "from utils.weights.checkpoints import strip_checkpoint as s; s('$W/runs/dualres-on-dy2/weights/calibrated.pt', '$W/dualres-on-dy2.pt')"
+python scripts/strip_checkpoint.py --src $W/runs/dualres-on-dy2/weights/calibrated.pt --dst $W/dualres-on-dy2.pt
 
 # 6. Side by side on the held-out images (the README table).
 python scripts/compare_routers.py --data "$W/heldout/demo.yaml" --device cpu --workers 0 --project "$W/compare" \

@@ -78,4 +78,3 @@ def test_measured_peaks_summary() -> None:
     theory = res["fp32"]["theoretical"]
     assert theory["cores"] == 1 and (theory["gflops"] is None or res["fp32"]["fraction_of_theoretical"] > 0)
     assert peak.fraction(50.0, 200.0) == 0.25 and peak.fraction(None, 1.0) is None
-    assert peak.route_gflops_per_s(13.7, 100.0) == pytest.approx(137.0)

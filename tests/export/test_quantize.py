@@ -35,6 +35,25 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
+def quantized_inputs(model) -> dict[str, list[str]]:
+    """For every graph, the types of ops a FakeQuantize feeds (what NNCF made run in INT8)."""
+    out = {}
+    for name, body in [("main", model), *ovx.if_bodies(model)]:
+        fed = []
+        for op in body.get_ordered_ops():
+            if op.get_type_name() == "FakeQuantize":
+                fed += [t.get_node().get_type_name() for t in op.output(0).get_target_inputs()]
+        out[name] = sorted(fed)
+    return out
+
+
+def onnx_quant_counts(path: str | Path) -> dict[str, int]:
+    """QuantizeLinear / DequantizeLinear / Conv counts of an ONNX file (top level)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    ops = [n.op_type for n in proto.graph.node]
+    return {k: ops.count(k) for k in ("QuantizeLinear", "DequantizeLinear", "Conv")}
+
+
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("quantize")
@@ -62,7 +81,7 @@ def test_both_if_bodies_are_quantized(quantized: dict) -> None:
 def test_router_route_and_decode_stay_float(quantized: dict) -> None:
     import openvino as ov
     model = ov.Core().read_model(str(quantized["int8"] / "dy.xml"))
-    fed = Counter(t for types in q.quantized_inputs(model).values() for t in types)
+    fed = Counter(t for types in quantized_inputs(model).values() for t in types)
     assert fed["Convolution"] > 0
     for op in ("Greater", "LessEqual", "Less", "Power", "Sigmoid", "Multiply", "ReduceMean"):
         assert fed[op] == 0, op  # no FakeQuantize in front of φ, the route decision or the decode
@@ -106,7 +125,7 @@ def test_onnx_runtime_quantizes_a_single_route_export(quantized: dict) -> None:
     assert any("router" in n for n in excluded) and any("Sigmoid" in n for n in excluded)
     path = q.quantize_onnx(easy, calibration())
     assert path == root / "dy-easy-int8.onnx"
-    counts = q.onnx_quant_counts(path)
+    counts = onnx_quant_counts(path)
     assert counts["QuantizeLinear"] > 0 and counts["DequantizeLinear"] > counts["QuantizeLinear"]
     got, ref = OnnxModel(path), OnnxModel(easy)
     assert got.route == "easy" and got.names == ref.names

@@ -10,8 +10,7 @@ import torch
 from utils.routing.calibration import (
     NO_TABLE,
     calibration_record,
-    fraction_for_gflops,
-    fraction_for_latency,
+    fraction_for_budget,
     hard_fraction,
     resolve_threshold,
     stability_report,
@@ -72,25 +71,25 @@ def test_table_accepts_tensors_and_rejects_bad_input() -> None:
         threshold_table([0.5], fractions=[101])
 
 
-def test_fraction_for_latency_and_gflops() -> None:
-    assert fraction_for_latency(20, 20, 50) == 0.0
-    assert fraction_for_latency(30, 20, 50) == pytest.approx(1 / 3)
-    assert fraction_for_latency(50, 20, 50) == 1.0
-    assert fraction_for_latency(80, 20, 50) == 1.0          # above the hard route: all hard
-    assert fraction_for_gflops(120, 100, 180) == pytest.approx(0.25)
-    k = fraction_for_gflops(150, 100, 180)
+def test_fraction_for_a_latency_or_gflops_budget() -> None:
+    assert fraction_for_budget(20, 20, 50) == 0.0
+    assert fraction_for_budget(30, 20, 50) == pytest.approx(1 / 3)
+    assert fraction_for_budget(50, 20, 50) == 1.0
+    assert fraction_for_budget(80, 20, 50) == 1.0          # above the hard route: all hard
+    assert fraction_for_budget(120, 100, 180, "GFLOPs") == pytest.approx(0.25)
+    k = fraction_for_budget(150, 100, 180, "GFLOPs")
     assert (1 - k) * 100 + k * 180 == pytest.approx(150)    # Eq. 14 inverted
 
 
 def test_fraction_errors() -> None:
     with pytest.raises(ValueError, match=r"achievable: 20\.\.50 ms"):
-        fraction_for_latency(10, 20, 50)
+        fraction_for_budget(10, 20, 50)
     with pytest.raises(ValueError, match="must cost more"):
-        fraction_for_latency(30, 50, 50)
+        fraction_for_budget(30, 50, 50)
     with pytest.raises(ValueError, match="must cost more"):
-        fraction_for_gflops(150, 180, 100)
+        fraction_for_budget(150, 180, 100, "GFLOPs")
     with pytest.raises(ValueError, match="finite"):
-        fraction_for_gflops(float("nan"), 100, 180)
+        fraction_for_budget(float("nan"), 100, 180, "GFLOPs")
 
 
 def test_table_threshold_interpolates(record: dict) -> None:

@@ -13,7 +13,8 @@ from utils.data.config import hyp_for, load_data_config
 from utils.data.datasets import create_dataloader
 from utils.routing.cache import RouterSamples, collect_samples, epoch_batches, gather_samples
 from utils.routing.loss import router_objective
-from utils.routing.trainer import PooledRouter, RouterTrainer, frozen_mode, route_batch, to_batch
+from tests.routing.batches import route_batch, to_batch
+from utils.routing.trainer import PooledRouter, RouterTrainer, frozen_mode
 from utils.torch_utils import DistInfo
 from utils.train.loss import ComputeLoss, scale_loss_gains
 

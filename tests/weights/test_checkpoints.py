@@ -442,3 +442,21 @@ def test_strip_checkpoint_keeps_what_inference_needs(tmp_path: Path) -> None:
     torch.testing.assert_close(loaded.eval()(x), model(x), atol=0.05, rtol=0.01)  # fp16 rounding only
     with pytest.raises(CheckpointError, match="only"):
         strip_checkpoint(save_fake_yolov7(tmp_path / "y.pt", fake_state(manifest("yolov7-tiny"))), tmp_path / "z.pt")
+
+
+def test_strip_checkpoint_script(tmp_path: Path, capsys) -> None:
+    from tests.conftest import load_script, tiny_checkpoint
+    from utils.weights.checkpoints import read_checkpoint
+    script = load_script("strip_checkpoint")
+    src = tiny_checkpoint(tmp_path / "dy.pt")
+    assert script.main(["--src", str(src), "--dst", str(tmp_path / "release.pt")]) == 0
+    out = read_checkpoint(tmp_path / "release.pt")
+    assert out["model"]["model_b.0.conv.weight"].dtype == torch.float16 and "optimizer" not in out
+    assert capsys.readouterr().out.strip() == f"Saved {tmp_path / 'release.pt'}"
+    assert script.main(["--src", str(src), "--dst", str(tmp_path / "fp32.pt"), "--fp32"]) == 0
+    assert read_checkpoint(tmp_path / "fp32.pt")["model"]["model_b.0.conv.weight"].dtype == torch.float32
+    for args, message in ((["--src", str(src), "--dst", str(src)], "another file"),
+                          (["--src", str(tmp_path / "none.pt"), "--dst", str(tmp_path / "x.pt")], "none.pt")):
+        assert script.main(args) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

@@ -260,8 +260,3 @@ def fraction(achieved: float | None, peak: float | None) -> float | None:
     if achieved is None or not peak:
         return None
     return achieved / peak
-
-
-def route_gflops_per_s(gflops: float, latency_ms: float) -> float:
-    """A route's throughput: its GFLOPs per image over its latency."""
-    return gflops / (latency_ms / 1e3)

@@ -226,12 +226,3 @@ def parity_with_onnx(ir: str | Path, onnx_path: str | Path, threads: int | None 
         else:
             diffs["mixed"] = None
     return diffs
-
-
-def parity_with_torch(backend, model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
-    """max |backend - PyTorch| with every image easy (threshold 1) and every image hard (0)."""
-    out = {}
-    with torch.no_grad():
-        for route, t in (("easy", 1.0), ("hard", 0.0)):
-            out[route] = difference(backend(x, threshold=t), model(x, threshold=t))
-    return out

@@ -190,18 +190,6 @@ def quantization_report(model) -> dict[str, dict[str, int]]:
     return {"main": count(model), **{name: count(body) for name, body in ovx.if_bodies(model)}}
 
 
-def quantized_inputs(model) -> dict[str, list[str]]:
-    """For every graph, the types of ops a FakeQuantize feeds (what NNCF made run in INT8)."""
-    out = {}
-    for name, body in [("main", model), *ovx.if_bodies(model)]:
-        fed = []
-        for op in body.get_ordered_ops():
-            if op.get_type_name() == "FakeQuantize":
-                fed += [t.get_node().get_type_name() for t in op.output(0).get_target_inputs()]
-        out[name] = sorted(fed)
-    return out
-
-
 def _ignored(model, keep_float: Sequence[str]):
     import nncf
     scope = float_scope(model, keep_float)
@@ -387,10 +375,3 @@ def quantize_onnx(onnx_path: str | Path, calibration, out_path: str | Path | Non
         from utils.io import atomic_write
         atomic_write(out_path, lambda p: onnx.save(out, str(p)), lambda p: onnx.checker.check_model(str(p)))
     return out_path
-
-
-def onnx_quant_counts(path: str | Path) -> dict[str, int]:
-    """QuantizeLinear / DequantizeLinear / Conv counts of an ONNX file (top level)."""
-    proto = onnx.load(str(path), load_external_data=False)
-    ops = [n.op_type for n in proto.graph.node]
-    return {k: ops.count(k) for k in ("QuantizeLinear", "DequantizeLinear", "Conv")}

@@ -93,8 +93,9 @@ def table_threshold(table: Mapping, percent: float) -> float:
     return float(np.interp(percent, keys, [by_key[k] for k in keys]))
 
 
-def _fraction_for_budget(target: float, easy: float, hard: float, unit: str) -> float:
-    """Eq. 14: largest hard fraction k with (1 - k) * easy + k * hard <= target, in [0, 1]."""
+def fraction_for_budget(target: float, easy: float, hard: float, unit: str = "ms") -> float:
+    """Eq. 14: largest hard fraction k with (1 - k) * easy + k * hard <= target, in [0, 1]
+    (a mean latency in ms, or a mean cost in GFLOPs: ``unit`` names it in errors); 1.0 above ``hard``."""
     target, easy, hard = float(target), float(easy), float(hard)
     if not all(math.isfinite(v) for v in (target, easy, hard)) or easy < 0:
         raise ValueError(f"budget, easy and hard costs must be finite and >= 0 ({unit})")
@@ -104,16 +105,6 @@ def _fraction_for_budget(target: float, easy: float, hard: float, unit: str) -> 
         raise ValueError(f"target {target:g} {unit} is below the easy route; achievable: "
                          f"{easy:g}..{hard:g} {unit} (anything above {hard:g} means all hard)")
     return min(1.0, (target - easy) / (hard - easy))
-
-
-def fraction_for_latency(target_ms: float, easy_ms: float, hard_ms: float) -> float:
-    """Hard fraction meeting a mean latency of ``target_ms`` (Eq. 14); 1.0 above ``hard_ms``."""
-    return _fraction_for_budget(target_ms, easy_ms, hard_ms, "ms")
-
-
-def fraction_for_gflops(target: float, easy_gflops: float, hard_gflops: float) -> float:
-    """Hard fraction meeting a mean cost of ``target`` GFLOPs (Eq. 14 with FLOPs for latency)."""
-    return _fraction_for_budget(target, easy_gflops, hard_gflops, "GFLOPs")
 
 
 def hard_fraction(phi, threshold: float) -> float:
@@ -178,7 +169,7 @@ def _budget_threshold(calibration: Mapping | None, target: float, costs: RoutePa
     pair = _pair(costs if costs is not None else _stored(calibration, key), key)
     if pair is None:
         raise ValueError(f"a target in {unit} needs the routes' {unit}: pass them or calibrate with them")
-    k = _fraction_for_budget(target, *pair, unit)
+    k = fraction_for_budget(target, *pair, unit)
     threshold = table_threshold(_stored(calibration, "table") or {}, 100 * k)
     return threshold, (f"threshold {threshold:.4g} for target {float(target):g} {unit} "
                        f"({100 * k:.1f}% hard; easy {pair[0]:g}, hard {pair[1]:g} {unit})")

@@ -20,7 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from utils.routing.cache import RouterSamples, batch_samples, collect_samples, epoch_batches, gather_samples
+from utils.routing.cache import RouterSamples, collect_samples, epoch_batches, gather_samples
 from utils.routing.calibration import calibration_record
 from utils.routing.latency import route_costs
 from utils.routing.loss import router_objective
@@ -66,18 +66,6 @@ def frozen_mode(model: nn.Module) -> nn.Module:
         if isinstance(m, _BatchNorm):
             m.eval()
     return model
-
-
-def to_batch(imgs: torch.Tensor, targets: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 loader images -> float in [0, 1] on ``device``; targets moved along."""
-    return imgs.to(device, non_blocking=True).float() / 255.0, targets.to(device)
-
-
-def route_batch(model: nn.Module, router: nn.Module, imgs: torch.Tensor, targets: torch.Tensor,
-                compute_loss: ComputeLoss) -> RouteBatch:
-    """φ (through ``router``, a :class:`PooledRouter`) with L1, L2 of one batch of images."""
-    pooled, l1, l2 = batch_samples(model, imgs, targets, compute_loss)
-    return RouteBatch(router(pooled), l1, l2)
 
 
 def samples_on(model: nn.Module, loader, compute_loss: ComputeLoss, device: torch.device, info: DistInfo,
