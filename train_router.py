@@ -33,12 +33,11 @@ from utils.options import make_options, option, options_dict, parse_options
 from utils.paths import increment_path
 from utils.routing.calibration import calibration_record
 from utils.routing.dualres_cache import collect_samples as collect_dualres
-from utils.routing.dualres_cache import gather_samples as gather_dualres
 from utils.routing.dualres_setup import attach_router, detector_loss, wrap_detector
 from utils.routing.dualres_trainer import DualResOptions, DualResTrainer
 from utils.routing.latency import route_costs
 from utils.routing.loss import STRATEGIES, estimate_offset
-from utils.routing.trainer import RouterLoop, RouterTrainer, difficulty_scores, samples_on
+from utils.routing.dynamicdet_trainer import RouterLoop, RouterTrainer, difficulty_scores, samples_on
 from utils.torch_utils import DistInfo, distributed_run, main_process_first, select_device, shared_run_dir
 from utils.train.loss import ComputeLoss, scale_loss_gains
 from utils.train.resume import STATE_KEYS, resume_options
@@ -115,7 +114,7 @@ def _with_router_defaults(opt: Options) -> Options:
     return replace(opt, **{k: v for k, v in own.items() if getattr(opt, k) is None})
 
 
-def _train(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:
+def _train_dynamicdet(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:
     """DynamicDet's router (paper Sec. 3.3) on the frozen detectors of a stage-1 Dy model."""
     seed_all(opt.seed + max(dist_info.rank, 0))
     model, extra = _dynamic_model(opt, device, resume_ckpt)
@@ -144,8 +143,8 @@ def _train_dualres(opt: Options, device: torch.device, dist_info: DistInfo, resu
     compute_loss = detector_loss(model, opt.img_size, opt.hyp)
     train_loader, val_loader = _loaders(opt, data, int(model.stride.max()), dist_info, model.nc)
     save_dir = shared_run_dir(opt, dist_info)
-    train = gather_dualres(collect_dualres(model, train_loader, compute_loss, device, "train: both resolutions",
-                                           dist_info.is_main), dist_info)
+    train = collect_dualres(model, train_loader, compute_loss, device, "train: both resolutions",
+                            dist_info.is_main).gather(dist_info)
     val = collect_dualres(model, val_loader, compute_loss, device, "val: both resolutions") if val_loader else None
     loop = DualResOptions(epochs=opt.epochs, batch_size=opt.batch_size, lr=opt.lr, momentum=opt.momentum,
                           weight_decay=opt.weight_decay, tau=opt.tau, gamma=opt.gamma, theta=opt.theta,
@@ -158,7 +157,7 @@ def _train_dualres(opt: Options, device: torch.device, dist_info: DistInfo, resu
             "metrics": metrics}
 
 
-ROUTERS = {"dynamicdet": _train, "dualres": _train_dualres}
+ROUTERS = {"dynamicdet": _train_dynamicdet, "dualres": _train_dualres}
 ROUTER_DEFAULTS = {
     "dynamicdet": {"epochs": ROUTER.epochs, "batch_size": BATCH["train_router"], "lr": ROUTER.lr,
                    "weight_decay": ROUTER.weight_decay},

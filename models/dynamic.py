@@ -149,8 +149,12 @@ class DyModel(DetectorBase):
         """Features of backbone 1 (feature list) and the router's φ for every image."""
         feats = [x]
         run_layers(self.model_b, feats, None if self.training else self._rel_b1)
-        phi = self.router([feats[p] for p in self._router_pos])
+        phi = self.router(self.router_inputs(feats))
         return feats, phi
+
+    def router_inputs(self, feats: list) -> list[torch.Tensor]:
+        """The backbone-1 features the router reads, from :meth:`backbone1`'s feature list."""
+        return [feats[p] for p in self._router_pos]
 
     def detector1(self, feats: list):
         return run_layers(self.model_h, list(feats), None if self.training else self._rel_h1)

@@ -60,7 +60,7 @@ def router_gflops(model: nn.Module, img_size: int = 640) -> float:
         return _gflops(m.router, x)
     with torch.inference_mode():
         feats, _ = m.backbone1(x)
-    return _gflops(m.router, [feats[i] for i in m._router_pos])
+    return _gflops(m.router, m.router_inputs(feats))
 
 
 def model_summary(model: nn.Module, img_size: int = 640) -> dict:

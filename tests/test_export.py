@@ -49,7 +49,7 @@ def lively(model: torch.nn.Module, size: int = SIZE) -> torch.nn.Module:
             opt = ExportOptions(img_size=(size, size))
             x = torch.cat([probe_images(opt), example_images(opt, 4)])
             feats, _ = model.backbone1(x)
-            pooled = [feats[p] for p in model._router_pos]
+            pooled = model.router_inputs(feats)
             logits = model.router.logits(pooled)
             model.router.layer2.weight.mul_(4.0 / float(logits.max() - logits.min()))
             s = model.router.logits(pooled).sort().values

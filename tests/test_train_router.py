@@ -17,7 +17,7 @@ from models.yolo import build_model
 from utils.data.datasets import create_dataloader
 from utils.routing.loss import router_objective
 from tests.routing.batches import route_batch, to_batch
-from utils.routing.trainer import PooledRouter, RouterTrainer, frozen_mode
+from utils.routing.dynamicdet_trainer import PooledRouter, RouterTrainer, frozen_mode
 from utils.train.loss import ComputeLoss, scale_loss_gains
 from utils.weights.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
 

@@ -34,9 +34,9 @@ def spread_router(model: torch.nn.Module, size: int = SIZE) -> torch.nn.Module:
     with torch.no_grad():
         x = ovx.probe_inputs((size, size), 8)
         feats, _ = model.backbone1(x)
-        logits = model.router.logits([feats[p] for p in model._router_pos])
+        logits = model.router.logits(model.router_inputs(feats))
         model.router.layer2.weight.mul_(6.0 / float(logits.max() - logits.min()))
-        logits = model.router.logits([feats[p] for p in model._router_pos])
+        logits = model.router.logits(model.router_inputs(feats))
         model.router.layer2.bias.sub_(float(logits.median()) + 0.3 * float(logits.std()))
     return model
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from utils.routing.cache import batch_samples
-from utils.routing.trainer import RouteBatch
+from utils.routing.dynamicdet_cache import batch_samples
+from utils.routing.dynamicdet_trainer import RouteBatch
 from utils.train.loss import ComputeLoss
 
 

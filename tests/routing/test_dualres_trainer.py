@@ -18,7 +18,7 @@ from models.resolution_router import ResolutionRouter
 from models.yolo import build_model
 from utils.data.config import hyp_for, load_data_config
 from utils.data.datasets import create_dataloader
-from utils.routing.dualres_cache import DualResSamples, collect_samples, gather_samples, raw_outputs, to_uint8
+from utils.routing.dualres_cache import DualResSamples, collect_samples, raw_outputs, to_uint8
 from utils.routing.dualres_trainer import (
     DualResOptions,
     DualResTrainer,
@@ -124,7 +124,7 @@ def test_dy_detector_samples_take_the_inner_route(demo) -> None:
 def test_gather_without_ddp_orders_by_key_and_drops_repeats() -> None:
     s = toy_samples(6)
     mixed = s.subset(torch.tensor([3, 1, 1, 5, 0, 2, 4]))
-    out = gather_samples(mixed, DistInfo())
+    out = mixed.gather(DistInfo())
     assert out.keys == s.keys and torch.equal(out.thumbs, s.thumbs) and torch.equal(out.l_low, s.l_low)
 
 

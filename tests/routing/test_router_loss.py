@@ -94,3 +94,19 @@ def test_router_objective_dispatch_and_errors() -> None:
         router_objective("random", phi, l1, l2, 1.0)
     with pytest.raises(ValueError, match="unknown router strategy"):
         router_objective("oracle", phi, l1, l2, 1.0)
+
+
+def test_routed_loss_sends_the_highest_phi_hard_and_breaks_ties_in_input_order() -> None:
+    from utils.routing.loss import routed_loss
+    phi = torch.tensor([0.2, 0.9, 0.5, 0.5, 0.1])
+    l_easy = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    l_hard = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0])
+    assert routed_loss(phi, l_easy, l_hard, 0) == pytest.approx(3.0)  # all easy
+    assert routed_loss(phi, l_easy, l_hard, 100) == 0.0
+    assert routed_loss(phi, l_easy, l_hard, 20) == pytest.approx((1 + 3 + 4 + 5) / 5)  # image 1 hard
+    # 40%: image 1, then of the tied images 2 and 3 the earlier one
+    assert routed_loss(phi, l_easy, l_hard, 40) == pytest.approx((1 + 4 + 5) / 5)
+    for percent in range(0, 101, 10):  # brute force: the same as sorting by (-φ, index)
+        order = sorted(range(5), key=lambda i: (-float(phi[i]), i))[:round(5 * percent / 100)]
+        want = sum(float(l_hard[i] if i in order else l_easy[i]) for i in range(5)) / 5
+        assert routed_loss(phi, l_easy, l_hard, percent) == pytest.approx(want), percent

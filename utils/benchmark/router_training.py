@@ -1,6 +1,6 @@
 """Benchmark section: router-training throughput (stage 2) by batch size.
 
-Router training has two parts (:mod:`utils.routing.cache`): one pass of the frozen detectors
+Router training has two parts (:mod:`utils.routing.dynamicdet_cache`): one pass of the frozen detectors
 over the images, which collects each image's pooled router input and both detectors' losses,
 and then the epochs, whose optimisation steps (router forward and backward, AdamW) run on those
 samples. Both are timed on a generated demo dataset at the benchmark's image size, with the
@@ -22,8 +22,8 @@ from utils.benchmark.timing import interleaved
 from utils.data.config import hyp_for, load_data_config
 from utils.data.datasets import create_dataloader
 from utils.defaults import BATCH, ROUTER
-from utils.routing.cache import RouterSamples, collect_samples
-from utils.routing.trainer import RouterLoop, RouterTrainer, frozen_mode
+from utils.routing.dynamicdet_cache import RouterSamples, collect_samples
+from utils.routing.dynamicdet_trainer import RouterLoop, RouterTrainer, frozen_mode
 from utils.train.loss import ComputeLoss, scale_loss_gains
 
 MAX_COLLECT_REPS = 3  # a batch-16 pass at 640 px takes tens of seconds on a CPU

@@ -26,7 +26,6 @@ import torch.nn as nn
 
 from models.route import route_mask
 from utils.routing.samples import SampleTable, collect
-from utils.torch_utils import DistInfo
 from utils.train.loss import ComputeLoss
 
 
@@ -92,8 +91,3 @@ def collect_samples(model: nn.Module, loader, compute_loss: ComputeLoss, device:
                     desc: str = "", show: bool = True) -> DualResSamples:
     """The samples of every image ``loader`` yields (this process's share under DDP), on the CPU."""
     return collect(DualResSamples, loader, lambda x, t: batch_samples(model, x, t, compute_loss), device, desc, show)
-
-
-def gather_samples(samples: DualResSamples, info: DistInfo) -> DualResSamples:
-    """Every process's samples in one table, each image once, ordered by key (the same on all ranks)."""
-    return samples.gather(info)

@@ -41,11 +41,12 @@ from tqdm import tqdm
 
 from utils.defaults import DUALRES
 from utils.evaluation.metrics import auc_policy
-from utils.routing.cache import epoch_batches
+from utils.routing.samples import epoch_batches
 from utils.routing.calibration import calibration_record
 from utils.routing.dualres_cache import DualResSamples
 from utils.routing.gumbel import DualResLoss, dualres_objective, gumbel_sigmoid
 from utils.routing.latency import route_costs
+from utils.routing.loss import routed_loss
 from utils.torch_utils import DistInfo
 from utils.train.loop import EpochLoop, Progress, RunLog
 from utils.weights.checkpoints import save_checkpoint
@@ -102,14 +103,6 @@ def samples_phi(router: nn.Module, samples: DualResSamples, device: torch.device
     finally:
         router.train(was_training)
     return torch.cat(parts).sigmoid().float().cpu()
-
-
-def routed_loss(phi: torch.Tensor, l_low: torch.Tensor, l_high: torch.Tensor, percent: float) -> float:
-    """Mean detection loss when the ``percent``% highest-φ images run at high resolution."""
-    n_high = int(round(len(phi) * percent / 100))
-    high = torch.zeros(len(phi), dtype=torch.bool)
-    high[torch.argsort(phi, descending=True, stable=True)[:n_high]] = True
-    return float(torch.where(high, l_high, l_low).mean())
 
 
 def loss_curve_auc(phi: torch.Tensor, samples: DualResSamples) -> float:

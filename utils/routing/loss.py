@@ -75,3 +75,14 @@ def router_objective(strategy: str, phi: torch.Tensor, l1: torch.Tensor, l2: tor
             raise ValueError(f"strategy 'random' needs one key per image ({phi.numel()}), got {len(keys)}")
         return target_loss(phi, random_targets(keys, seed))
     raise ValueError(f"unknown router strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+
+
+def routed_loss(phi: torch.Tensor, l_easy: torch.Tensor, l_hard: torch.Tensor, percent: float) -> float:
+    """Mean detection loss when the ``percent``% highest-φ images take the hard route (detector 2,
+    or the high resolution) and the rest the easy one: what a router's ranking is worth at that
+    share. Ties in φ go in input order (a stable sort), so the value does not depend on the
+    sorting algorithm."""
+    n_hard = int(round(len(phi) * percent / 100))
+    hard = torch.zeros(len(phi), dtype=torch.bool)
+    hard[torch.argsort(phi, descending=True, stable=True)[:n_hard]] = True
+    return float(torch.where(hard, l_hard, l_easy).mean())

@@ -2,7 +2,7 @@
 
 Both routers of this repo train on frozen detectors, so what they need of each image is fixed
 and computed in one pass: DynamicDet's router its pooled features and both detectors' losses
-(:mod:`utils.routing.cache`), DualRes's router its thumbnail and the losses at both
+(:mod:`utils.routing.dynamicdet_cache`), DualRes's router its thumbnail and the losses at both
 resolutions (:mod:`utils.routing.dualres_cache`). :class:`SampleTable` holds such columns (one
 tensor row per image) and the image keys; :func:`collect` fills one, :meth:`SampleTable.gather`
 joins the shares of several processes.
@@ -66,3 +66,18 @@ def collect(cls: type[T], loader, batch_fn: Callable[[torch.Tensor, torch.Tensor
     if not parts:
         raise ValueError(f"{desc or 'loader'}: no images")
     return cls(keys=keys, **dict(zip(cls.columns(), (torch.cat(t) for t in zip(*parts)))))
+
+
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, info: DistInfo) -> list[torch.Tensor]:
+    """This process's batches of sample positions for ``epoch``: a fresh shuffle of all ``n``.
+
+    Under DDP the permutation is padded (with its first entries) to a multiple of the world size
+    and split round-robin, as ``DistributedSampler`` does, so every process takes the same
+    number of steps.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=g)
+    if info.rank >= 0:
+        total = -(-n // info.world_size) * info.world_size
+        order = order.repeat(-(-total // n))[:total][info.rank::info.world_size]
+    return list(torch.split(order, max(batch_size, 1)))

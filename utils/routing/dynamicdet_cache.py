@@ -1,4 +1,4 @@
-"""What stage 2 needs of each image, computed once: the router's pooled inputs and L1, L2.
+"""What DynamicDet's stage 2 needs of each image, computed once: the router's pooled inputs and L1, L2.
 
 During router training the detectors are frozen (BatchNorm in eval mode) and the images are
 not augmented, so everything upstream of the router's first fully connected layer is a fixed
@@ -17,7 +17,6 @@ import torch
 import torch.nn as nn
 
 from utils.routing.samples import SampleTable, collect
-from utils.torch_utils import DistInfo
 from utils.train.loss import ComputeLoss
 
 
@@ -43,7 +42,7 @@ def batch_samples(model: nn.Module, imgs: torch.Tensor, targets: torch.Tensor,
     with torch.autocast(device_type="cuda", enabled=imgs.is_cuda):
         feats, _ = model.backbone1(imgs)
         outputs = (model.detector1(feats), model.detector2(feats))
-    pooled = model.router.pool([feats[p].float() for p in model._router_pos])
+    pooled = model.router.pool([f.float() for f in model.router_inputs(feats)])
     l1, l2 = compute_loss(outputs, targets, imgs, reduction="none")
     return pooled.float(), l1.float(), l2.float()
 
@@ -52,23 +51,3 @@ def collect_samples(model: nn.Module, loader, compute_loss: ComputeLoss, device:
                     desc: str = "", show: bool = True) -> RouterSamples:
     """The samples of every image ``loader`` yields (this process's share under DDP), on the CPU."""
     return collect(RouterSamples, loader, lambda x, t: batch_samples(model, x, t, compute_loss), device, desc, show)
-
-
-def gather_samples(samples: RouterSamples, info: DistInfo) -> RouterSamples:
-    """Every process's samples in one table, each image once, ordered by path (the same on all ranks)."""
-    return samples.gather(info)
-
-
-def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, info: DistInfo) -> list[torch.Tensor]:
-    """This process's batches of sample positions for ``epoch``: a fresh shuffle of all ``n``.
-
-    Under DDP the permutation is padded (with its first entries) to a multiple of the world size
-    and split round-robin, as ``DistributedSampler`` does, so every process takes the same
-    number of steps.
-    """
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n, generator=g)
-    if info.rank >= 0:
-        total = -(-n // info.world_size) * info.world_size
-        order = order.repeat(-(-total // n))[:total][info.rank::info.world_size]
-    return list(torch.split(order, max(batch_size, 1)))

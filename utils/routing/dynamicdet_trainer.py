@@ -2,7 +2,7 @@
 
 Only the router learns. Backbone 1, backbone 2 and both heads run once per image, without
 gradients and with every BatchNorm in eval mode, to collect the router's pooled inputs and both
-detectors' losses (:mod:`utils.routing.cache`); the epochs then train the router's FC layers on
+detectors' losses (:mod:`utils.routing.dynamicdet_cache`); the epochs then train the router's FC layers on
 those samples, which is exact because nothing upstream changes. Under torchrun every process
 collects its share, the shares are gathered, and only the router is wrapped in DDP.
 """
@@ -20,10 +20,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from utils.routing.cache import RouterSamples, collect_samples, epoch_batches, gather_samples
+from utils.routing.dynamicdet_cache import RouterSamples, collect_samples
+from utils.routing.samples import epoch_batches
 from utils.routing.calibration import calibration_record
 from utils.routing.latency import route_costs
-from utils.routing.loss import router_objective
+from utils.routing.loss import routed_loss, router_objective
 from utils.torch_utils import DistInfo
 from utils.train.loop import EpochLoop, Progress, RunLog
 from utils.train.loss import ComputeLoss
@@ -72,15 +73,7 @@ def samples_on(model: nn.Module, loader, compute_loss: ComputeLoss, device: torc
                desc: str) -> RouterSamples:
     """Every image's router input and losses (one pass, all processes' shares gathered)."""
     frozen_mode(model)
-    return gather_samples(collect_samples(model, loader, compute_loss, device, desc, info.is_main), info)
-
-
-def routed_loss(res: RouteBatch, percent: float) -> float:
-    """Mean detection loss when the ``percent``% highest-φ images take detector 2."""
-    n_hard = int(round(len(res.phi) * percent / 100))
-    hard = torch.zeros(len(res.phi), dtype=torch.bool)
-    hard[torch.argsort(res.phi, descending=True)[:n_hard]] = True
-    return float(torch.where(hard, res.l2, res.l1).mean())
+    return collect_samples(model, loader, compute_loss, device, desc, info.is_main).gather(info)
 
 
 @torch.inference_mode()
@@ -183,7 +176,7 @@ class RouterTrainer(EpochLoop):
     def end_epoch(self, epoch: int, train_loss: float, seconds: float) -> dict:
         res = self.val_routes()
         metrics = {"router_loss": float(router_objective("adaptive", res.phi, res.l1, res.l2, self.delta)),
-                   "routed_loss": float(np.mean([routed_loss(res, k) for k in HARD_PERCENTS]))}
+                   "routed_loss": float(np.mean([routed_loss(res.phi, res.l1, res.l2, k) for k in HARD_PERCENTS]))}
         improved = self.progress.improved(-metrics["routed_loss"])
         self.log.write({"epoch": epoch, "train/loss": train_loss, "val/router_loss": metrics["router_loss"],
                         "val/routed_loss": metrics["routed_loss"], "delta": self.delta,

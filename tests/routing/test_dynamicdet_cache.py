@@ -11,10 +11,11 @@ from data.make_demo_data import make_demo_dataset
 from models.yolo import build_model
 from utils.data.config import hyp_for, load_data_config
 from utils.data.datasets import create_dataloader
-from utils.routing.cache import RouterSamples, collect_samples, epoch_batches, gather_samples
+from utils.routing.dynamicdet_cache import RouterSamples, collect_samples
+from utils.routing.samples import epoch_batches
 from utils.routing.loss import router_objective
 from tests.routing.batches import route_batch, to_batch
-from utils.routing.trainer import PooledRouter, RouterTrainer, frozen_mode
+from utils.routing.dynamicdet_trainer import PooledRouter, RouterTrainer, frozen_mode
 from utils.torch_utils import DistInfo
 from utils.train.loss import ComputeLoss, scale_loss_gains
 
@@ -106,7 +107,7 @@ def test_epoch_batches_shuffle_cover_and_split_evenly() -> None:
 def test_gather_keeps_each_image_once_in_path_order() -> None:
     pooled = torch.arange(8.0).reshape(4, 2)
     s = RouterSamples(pooled, torch.tensor([1.0, 2, 3, 1]), torch.zeros(4), ["b.jpg", "a.jpg", "c.jpg", "b.jpg"])
-    g = gather_samples(s, DistInfo())
+    g = s.gather(DistInfo())
     assert g.keys == ["a.jpg", "b.jpg", "c.jpg"] and g.l1.tolist() == [2.0, 1.0, 3.0]
     assert torch.equal(g.pooled, pooled[[1, 0, 2]])
     assert g.subset(torch.tensor([2, 0])).keys == ["c.jpg", "a.jpg"]
