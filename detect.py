@@ -20,10 +20,11 @@ from tqdm import tqdm
 from dydet import DyDet
 from utils.cli import script_main
 from utils.data.sources import open_source
-from utils.defaults import DEMO_SOURCE, DEMO_WEIGHTS, LINE_THICKNESS, PREDICT, PROJECT, RUN_NAME
+from utils.defaults import DEMO_SOURCE, DEMO_WEIGHTS, LINE_THICKNESS, PREDICT
 from utils.inference.tally import Tally, print_summary
 from utils.inference.writer import ResultWriter
 from utils.options import make_options, option, parse_options
+from utils import option_groups as groups
 from utils.paths import increment_path
 from utils.validate import check_fraction, check_img_size
 
@@ -41,18 +42,16 @@ class Options:
     cfg: str | None = option(None, "architecture for official DynamicDet checkpoints, e.g. dy-yolov7")
     img_size: int | None = option(None, "inference size, long side in pixels (default: the size the weights "
                                         "were trained at, else 640)")
-    conf_thres: float = option(PREDICT.conf_thres, "confidence threshold")
-    iou_thres: float = option(PREDICT.iou_thres, "NMS IoU threshold")
-    max_det: int = option(PREDICT.max_det, "maximum detections per image")
-    device: str = option("", "cpu, 0, 0,1 ... (default: CUDA 0 if available)")
-    dy_thres: float | str | None = option(
-        None, "routing threshold of dynamic models: a number in [0, 1], or pK = K%% hard images")
-    target_latency: float | None = option(None, "choose the threshold for this latency (ms), with the routes' "
-                                                "latencies on this machine (measured once, then cached)")
-    remeasure_latency: bool = option(False, "--target-latency: measure the routes' latencies again")
-    target_gflops: float | None = option(None, "choose the threshold for this average cost")
+    conf_thres: float = groups.conf_thres(PREDICT.conf_thres)
+    iou_thres: float = groups.iou_thres(PREDICT.iou_thres)
+    max_det: int = groups.max_det(PREDICT.max_det)
+    device: str = groups.device()
+    dy_thres: float | str | None = groups.dy_thres()
+    target_latency: float | None = groups.target_latency()
+    remeasure_latency: bool = groups.remeasure_latency()
+    target_gflops: float | None = groups.target_gflops()
     batch_size: int = option(1, "images per forward pass")
-    half: bool = option(False, "half precision: fp16 on CUDA, bf16 on a CPU with AVX512_BF16/AMX (refused otherwise)")
+    half: bool = groups.half()
     view_img: bool = option(False, "show results in a window (needs a display; q quits)")
     save_txt: bool = option(False, "write YOLO labels to <save dir>/labels/")
     save_conf: bool = option(False, "add the confidence to --save-txt labels")
@@ -60,9 +59,9 @@ class Options:
     nosave: bool = option(False, "do not save annotated images or videos")
     classes: list[int] | None = option(None, "keep only these class ids")
     agnostic_nms: bool = option(False, "class-agnostic NMS")
-    project: str = option(PROJECT["detect"])
-    name: str = option(RUN_NAME)
-    exist_ok: bool = option(False, "reuse an existing run folder")
+    project: str = groups.project("detect")
+    name: str = groups.name()
+    exist_ok: bool = groups.exist_ok()
     line_thickness: int | None = option(LINE_THICKNESS, "box line width in pixels (default: by image size)")
 
 

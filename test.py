@@ -17,12 +17,13 @@ import torch
 from utils.cli import script_main
 from utils.data.config import load_data_config
 from utils.data.datasets import create_dataloader
-from utils.defaults import BATCH, PROJECT, RUN_NAME, VAL, WORKERS
+from utils.defaults import BATCH, VAL, WORKERS
 from utils.evaluation.evaluate import EvalResult, evaluate, gflops_or_empty
 from utils.evaluation.metrics import coco_json_predictions
 from utils.inference.setup import load_for_inference, run_precision
 from utils.io import atomic_write_text
 from utils.options import make_options, option, parse_options
+from utils import option_groups as groups
 from utils.paths import increment_path
 from utils.validate import check_fraction, check_img_size
 from utils.routing.analysis import routing_analysis
@@ -41,25 +42,23 @@ class Options:
     cfg: str | None = option(None, "architecture for official checkpoints, e.g. dy-yolov7")
     img_size: int | None = option(None, "inference size (default: the size the weights were trained at, else 640)")
     batch_size: int = option(BATCH["test"])
-    conf_thres: float = option(VAL.conf_thres, "confidence threshold")
-    iou_thres: float = option(VAL.iou_thres, "NMS IoU threshold")
-    max_det: int = option(VAL.max_det, "maximum detections per image")
+    conf_thres: float = groups.conf_thres(VAL.conf_thres)
+    iou_thres: float = groups.iou_thres(VAL.iou_thres)
+    max_det: int = groups.max_det(VAL.max_det)
     task: str = option("val", "split to score, or 'speed' (val, timed)", choices=["val", "test", "speed"])
-    device: str = option("", "cpu, 0, 0,1 ... (default: CUDA 0 if available)")
-    dy_thres: float | str | None = option(
-        None, "routing threshold of dynamic models: a number in [0, 1], or pK = K%% hard images")
-    target_gflops: float | None = option(None, "choose the threshold for this average cost")
-    target_latency: float | None = option(None, "choose the threshold for this latency (ms), with the routes' "
-                                                "latencies on this machine (measured once, then cached)")
-    remeasure_latency: bool = option(False, "--target-latency: measure the routes' latencies again")
+    device: str = groups.device()
+    dy_thres: float | str | None = groups.dy_thres()
+    target_gflops: float | None = groups.target_gflops()
+    target_latency: float | None = groups.target_latency()
+    remeasure_latency: bool = groups.remeasure_latency()
     dy_sweep: bool = option(False, "dynamic models: score every hard fraction 0..100%% from one pass")
     workers: int = option(WORKERS, "dataloader workers")
     save_json: bool = option(False, "write COCO-format predictions.json")
     verbose: bool = option(False, "per-class results")
-    project: str = option(PROJECT["test"])
-    name: str = option(RUN_NAME)
-    exist_ok: bool = option(False, "reuse an existing run folder")
-    half: bool = option(False, "half precision: fp16 on CUDA, bf16 on a CPU with AVX512_BF16/AMX (refused otherwise)")
+    project: str = groups.project("test")
+    name: str = groups.name()
+    exist_ok: bool = groups.exist_ok()
+    half: bool = groups.half()
     plots: bool = option(True, "no plots", flag="--no-plots")
     save_dir: str | None = option(None, hidden=True)  # an exact output folder instead of project/name
 

@@ -24,10 +24,11 @@ from models.yolo import build_model
 from utils.cli import script_main
 from utils.data.config import hyp_for, load_data_config
 from utils.data.datasets import create_dataloader
-from utils.defaults import BATCH, IMG_SIZE, PROJECT, RUN_NAME, VAL, WORKERS
+from utils.defaults import BATCH, IMG_SIZE, VAL, WORKERS
 from utils.evaluation.evaluate import EvalResult, evaluate, gflops_or_empty
 from utils.io import atomic_write_text
 from utils.options import make_options, option, options_dict, parse_options, plain_dict
+from utils import option_groups as groups
 from utils.torch_utils import DistInfo, de_parallel, distributed_run, main_process_first, shared_run_dir
 from utils.train.resume import resume_options
 from utils.train.rng import seed_all
@@ -49,11 +50,11 @@ class Options:
     epochs: int = option(300)
     batch_size: int = option(BATCH["train"], "total batch size over all processes")
     img_size: int = option(IMG_SIZE, "train and val image size")
-    device: str = option("", "cpu, 0, 0,1 ... (default: CUDA 0 if available)")
+    device: str = groups.device()
     workers: int = option(WORKERS, "dataloader workers per process")
-    project: str = option(PROJECT["train"])
-    name: str = option(RUN_NAME)
-    exist_ok: bool = option(False, "reuse an existing run directory")
+    project: str = groups.project("train")
+    name: str = groups.name()
+    exist_ok: bool = groups.exist_ok()
     resume: bool | str = option(False, "resume last.pt (or the latest run)", nargs="?", const=True, type=str)
     freeze: int = option(0, "freeze the first N backbone layers")
     freeze_detector1: bool = option(

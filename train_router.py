@@ -28,8 +28,9 @@ from models.zoo import zoo_cfg, zoo_entry
 from utils.cli import script_main
 from utils.data.config import hyp_for, load_data_config
 from utils.data.datasets import create_dataloader
-from utils.defaults import BATCH, DUALRES, IMG_SIZE, PROJECT, ROUTER, RUN_NAME, WORKERS
+from utils.defaults import BATCH, DUALRES, IMG_SIZE, ROUTER, WORKERS
 from utils.options import make_options, option, options_dict, parse_options
+from utils import option_groups as groups
 from utils.paths import increment_path
 from utils.routing.calibration import calibration_record
 from utils.routing.dualres_cache import collect_samples as collect_dualres
@@ -63,7 +64,7 @@ class Options:
     batch_size: int | None = option(None, f"total over all processes; default {BATCH['train_router']} "
                                           f"(dynamicdet), {DUALRES.batch_size} (dualres)")
     img_size: int = option(IMG_SIZE)
-    device: str = option("", "cpu, 0, 0,1 ... (default: CUDA 0 if available)")
+    device: str = groups.device()
     workers: int = option(WORKERS, "dataloader workers per process")
     lr: float | None = option(None, f"dynamicdet: AdamW, constant, default {ROUTER.lr:g}; dualres: SGD, "
                                     f"cosine, default {DUALRES.lr:g}")
@@ -71,9 +72,9 @@ class Options:
                                               f"{DUALRES.weight_decay:g} (dualres)")
     strategy: str = option("adaptive", "adaptive: Eq. 12 (paper); random, ap: baselines of paper Fig. 7",
                            choices=list(STRATEGIES))
-    project: str = option(PROJECT["train_router"])
-    name: str = option(RUN_NAME)
-    exist_ok: bool = option(False, "reuse an existing run directory")
+    project: str = groups.project("train_router")
+    name: str = groups.name()
+    exist_ok: bool = groups.exist_ok()
     resume: bool | str = option(False, "resume last.pt (or the latest run)", nargs="?", const=True, type=str)
     seed: int = option(0, "shuffling, the 'random' strategy's labels and the Gumbel noise")
     router_kind: str = option("thumb", "dualres: the router's feature extractor", choices=list(ROUTER_KINDS))

@@ -19,6 +19,7 @@ import test as test_script  # noqa: E402
 from utils.cli import script_main  # noqa: E402
 from utils.defaults import BATCH, WORKERS  # noqa: E402
 from utils.options import make_options, option, parse_options  # noqa: E402
+from utils import option_groups as groups  # noqa: E402
 
 COLUMNS = ("weights", "routes", "AUC-Policy router", "AUC-Policy random", "router - random", "GFLOPs range",
            "mAP@.5:.95 cheap / expensive route")
@@ -32,7 +33,7 @@ class Options:
     data: str = option(help="data YAML; its val split is scored")
     img_size: int | None = option(None, "inference size (default: each model's training size)")
     batch_size: int = option(BATCH["test"])
-    device: str = option("", "cpu, 0, ...")
+    device: str = groups.device()
     workers: int = option(WORKERS)
     project: str = option("runs/compare", "each model's sweep goes to <project>/<weights stem>")
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from utils.defaults import PROJECT
 from utils.options import option
+from utils import option_groups as groups
 
 SECTIONS = ("fused", "fast", "mixed", "onnx", "router", "peak", "deploy")
 
@@ -23,7 +24,7 @@ class BenchmarkOptions:
     calib_images: int = option(8, "deploy section: INT8 calibration images (random, both routes)")
     peak_n: int = option(2048, "peak section: size of the square GEMMs (timed --reps times)")
     threads: int = option(0, "torch and ONNX Runtime threads (0: library default)")
-    device: str = option("", "cpu or a CUDA index (default: CUDA 0 if available)")
+    device: str = groups.device()
     out: str = option(PROJECT["benchmark"], "folder for benchmark.json and benchmark.md")
     skip: str = option("", f"comma-separated sections to skip: {','.join(SECTIONS)}")
 
