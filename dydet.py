@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from utils.data.sources import Batch, as_source, iter_batches
+from utils.data.sources import as_source
 from utils.defaults import DEMO_WEIGHTS, PREDICT
-from utils.evaluation.evaluator import to_original
 from utils.inference.predictor import BatchPrediction, Predictor
 from utils.inference.results import Result
 from utils.inference.setup import load_for_inference, run_precision
+from utils.inference.transform import Batch, LetterboxTransform
 from utils.routing.policy import choose_threshold
 from utils.validate import check_img_size
 from utils.weights.backends import input_size
@@ -123,8 +123,8 @@ class DyDet:
         threshold = self._threshold if dy_thres is None else self._resolve(dy_thres)[0]
         predictor = Predictor(self.model, conf_thres=conf_thres, iou_thres=iou_thres, classes=classes,
                               agnostic_nms=agnostic_nms, max_det=max_det, half=self.half)
-        size, shape = self._input_size(input_size(img_size, self.info))
-        for batch in iter_batches(as_source(source), batch_size, size, self.stride, shape):
+        transform = self._transform(input_size(img_size, self.info))
+        for batch in transform.batches(as_source(source), batch_size):
             with self.lock:
                 pred = predictor(batch.imgs, threshold)
             yield from batch_results(batch, pred, self.names, self.route_names)
@@ -141,15 +141,16 @@ class DyDet:
 
     __call__ = predict
 
-    def _input_size(self, img_size: int) -> tuple[int, tuple[int, int] | None]:
-        """(long side rounded up to a stride multiple, fixed (h, w) of an export or None)."""
+    def _transform(self, img_size: int) -> LetterboxTransform:
+        """The letterbox for ``img_size``: the long side rounded up to a stride multiple, or the
+        fixed (h, w) of an export that takes one input size."""
         fixed = getattr(self.model, "img_size", None)
         if fixed is not None and not isinstance(self.model, torch.nn.Module):
             shape = (int(fixed[0]), int(fixed[1]))
             if img_size != max(shape):
                 LOGGER.info("this export takes %dx%d inputs; images are fitted to that size", *shape)
-            return max(shape), shape
-        return check_img_size(img_size, self.stride), None
+            return LetterboxTransform(max(shape), self.stride, shape)
+        return LetterboxTransform(check_img_size(img_size, self.stride), self.stride)
 
     def __getstate__(self) -> dict:
         """Copies and pickles get a lock of their own (a lock cannot be copied)."""
@@ -175,7 +176,7 @@ def batch_results(batch: Batch, pred: BatchPrediction, names: list[str],
     results = []
     for i, (frame, ratio_pad) in enumerate(zip(batch.frames, batch.ratio_pads)):
         det = pred.dets[i].detach().float().cpu()
-        boxes = to_original(det[:, :4], hw, (frame.img.shape[:2], ratio_pad))
+        boxes = LetterboxTransform.to_original(det[:, :4], hw, (frame.img.shape[:2], ratio_pad))
         route = None if pred.hard is None else route_names[int(bool(pred.hard[i]))]
         phi = None if pred.phi is None else float(pred.phi[i])
         results.append(Result(frame.path, frame.img, boxes.numpy(), det[:, 4].numpy(), det[:, 5].numpy(),

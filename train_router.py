@@ -209,7 +209,7 @@ def _load(opt: Options, path: str | Path, device: torch.device) -> tuple[torch.n
 def _dynamic_model(opt: Options, device: torch.device, resume_ckpt: Path | None) -> tuple[torch.nn.Module, dict]:
     """The model from --weights (or the interrupted run's last.pt), checked to have a router."""
     model, info = _load(opt, resume_ckpt or opt.weights, device)
-    if not getattr(model, "is_dynamic", False):
+    if not model.is_dynamic:
         raise ValueError(f"{resume_ckpt or opt.weights} holds a plain (non-dynamic) detector; train_router.py needs "
                          "a Dy model (a stage-1 checkpoint of a dy-* config), or --router dualres")
     if isinstance(model, DualResModel) and opt.router == "dynamicdet" and not opt.calibrate:

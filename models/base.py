@@ -16,6 +16,9 @@ class DetectorBase(nn.Module):
     """Base class of YOLOv7-family detectors built from a config dict."""
 
     is_dynamic = False
+    route_names: tuple[str, ...] = ()  # a plain model has one route
+    end2end = False  # returns raw predictions; NMS runs after
+    threshold_input = True  # a routed PyTorch model takes the threshold in every call
 
     def __init__(self, cfg: dict, names: list[str] | None = None) -> None:
         super().__init__()

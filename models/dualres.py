@@ -42,6 +42,8 @@ class DualResModel(nn.Module):
 
     is_dynamic = True
     route_names = ("low", "high")  # the two input resolutions
+    end2end = False
+    threshold_input = True
 
     def __init__(self, detector: nn.Module, router: ResolutionRouter, scale: float = 0.5,
                  threshold: float = 0.5, inner_threshold: float | None = None) -> None:
@@ -50,7 +52,7 @@ class DualResModel(nn.Module):
             raise ValueError(f"DualRes scale must be in (0, 1), got {scale}")
         self.detector, self.router = detector, router
         self.scale, self.threshold = float(scale), float(threshold)
-        if getattr(detector, "is_dynamic", False):
+        if detector.is_dynamic:
             self.inner_threshold = 0.0 if inner_threshold is None else float(inner_threshold)
         elif inner_threshold is not None:
             raise ValueError("inner_threshold applies to a dynamic (Dy) detector only")
@@ -96,7 +98,7 @@ class DualResModel(nn.Module):
 
     @property
     def fused(self) -> bool:
-        return bool(getattr(self.detector, "fused", False) or self.router.fused)
+        return bool(self.detector.fused or self.router.fused)
 
     # ---- modes and inference preparation -----------------------------------------------
     def train(self, mode: bool = True) -> "DualResModel":

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(summary))
         return
     print(f"{model.cfg.get('name', opt.cfg)}: {summary['params']:,} parameters, {model.nc} classes")
-    labels = dict(zip(("easy", "hard"), getattr(model, "route_names", ("easy", "hard"))))
+    labels = dict(zip(("easy", "hard"), model.route_names))
     for route, g in summary["gflops"].items():
         print(f"  {labels.get(route, route):>5} route: {g:8.2f} GFLOPs at {opt.img_size}x{opt.img_size} (fused)")
     if "router_gflops" in summary:

@@ -7,7 +7,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tests.conftest import write_video
@@ -18,12 +17,10 @@ from utils.data.sources import (
     Frame,
     SourceError,
     as_source,
-    iter_batches,
-    letterbox_batch,
     open_source,
     read_stream_list,
 )
-from utils.evaluation.evaluator import to_original
+from utils.inference.transform import LetterboxTransform
 
 REAL_CAPTURE = cv2.VideoCapture
 
@@ -70,7 +67,7 @@ def test_any_depth_or_channels_becomes_bgr_uint8(media: Path, name: str, hw: tup
 def test_huge_image(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "huge.jpg"), np.full((3000, 4000, 3), 90, np.uint8))
     (frame,) = _frames(open_source(tmp_path / "huge.jpg"))
-    imgs, _ = letterbox_batch([frame.img], 64, 32)
+    imgs, _ = LetterboxTransform(64, 32).letterbox([frame.img])
     assert frame.img.shape == (3000, 4000, 3) and tuple(imgs.shape) == (1, 3, 64, 64)
 
 
@@ -186,37 +183,3 @@ def test_as_source_dispatch(media: Path) -> None:
     assert isinstance(as_source(str(media)), FileSource)
     with pytest.raises(SourceError, match="empty"):
         as_source([])
-
-
-def test_letterbox_batch_shapes_and_inverse_mapping() -> None:
-    wide, tall = np.zeros((50, 100, 3), np.uint8), np.zeros((90, 30, 3), np.uint8)
-    imgs, ratio_pads = letterbox_batch([wide, tall], 64, 32)
-    assert imgs.dtype == torch.uint8 and tuple(imgs.shape) == (2, 3, 64, 64)
-    box = torch.tensor([[0.0, 16.0, 64.0, 48.0]])  # the wide image's content area
-    back = to_original(box, (64, 64), (wide.shape[:2], ratio_pads[0]))
-    assert back[0].tolist() == pytest.approx([0.0, 0.0, 100.0, 50.0], abs=0.6)
-    imgs, _ = letterbox_batch([wide, wide], 64, 32)
-    assert tuple(imgs.shape) == (2, 3, 32, 64)  # no padding beyond what the batch needs
-
-
-def test_letterbox_batch_is_rgb() -> None:
-    img = np.zeros((32, 32, 3), np.uint8)
-    img[..., 2] = 255  # red in BGR
-    imgs, _ = letterbox_batch([img], 32, 32)
-    assert imgs[0, 0].min() == 255 and imgs[0, 2].max() == 0
-
-
-def test_iter_batches_sizes() -> None:
-    frames = [Frame(np.zeros((20, 40, 3), np.uint8), f"image{i}") for i in range(5)]
-    batches = list(iter_batches(frames, 2, 64, 32))
-    assert [len(b.frames) for b in batches] == [2, 2, 1]
-    assert tuple(batches[0].imgs.shape) == (2, 3, 32, 64)
-    with pytest.raises(ValueError, match="batch size"):
-        list(iter_batches(frames, 0, 64, 32))
-
-
-def test_letterbox_batch_into_a_fixed_shape() -> None:
-    """Exports with one input size: every image is fitted into that (h, w)."""
-    imgs, ratio_pads = letterbox_batch([np.zeros((50, 100, 3), np.uint8)], 64, 32, shape=(96, 64))
-    assert tuple(imgs.shape) == (1, 3, 96, 64)
-    assert ratio_pads[0] == ((0.64, 0.64), (0.0, 32.0))

@@ -5,17 +5,20 @@ import numpy as np
 import torch
 
 from utils.data.augment import letterbox
-from utils.evaluation.evaluator import DetectionStats, ground_truth, to_original
+from utils.evaluation.evaluator import DetectionStats, ground_truth
 
 
-def test_letterboxed_boxes_map_back_to_the_original() -> None:
+def test_ground_truth_of_a_letterboxed_image_is_in_original_pixels() -> None:
     img = np.zeros((100, 200, 3), np.uint8)
     lb = letterbox(img, 160, auto=False)
     shape_info = ((100, 200), (lb.ratio, lb.pad))
     box = torch.tensor([[20.0, 10.0, 120.0, 90.0]])  # original pixels
     r, (pw, ph) = lb.ratio[0], lb.pad
-    in_net = box * r + torch.tensor([pw, ph, pw, ph])
-    torch.testing.assert_close(to_original(in_net, lb.img.shape[:2], shape_info), box, atol=1e-4, rtol=0)
+    x1, y1, x2, y2 = (box[0] * r + torch.tensor([pw, ph, pw, ph])).tolist()  # network-input pixels
+    h, w = lb.img.shape[:2]
+    labels = torch.tensor([[0, 3, (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h]])
+    gt = ground_truth(labels, 0, (h, w), shape_info)
+    np.testing.assert_allclose(gt, [[3.0, *box[0].tolist()]], atol=1e-3)
 
 
 def test_ground_truth_as_predictions_scores_one() -> None:

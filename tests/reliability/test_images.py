@@ -13,7 +13,8 @@ from PIL import Image, ImageOps
 
 from utils.data.datasets import YoloDataset
 from utils.data.images import ImageReadError, read_image
-from utils.data.sources import ArraySource, letterbox_batch, open_source
+from utils.data.sources import ArraySource, open_source
+from utils.inference.transform import LetterboxTransform
 
 RED_BGR = (0, 0, 255)
 ORIENTATION = 0x0112
@@ -143,7 +144,7 @@ def test_extreme_sides_train_and_detect_at_model_size(tmp_path: Path, hw: tuple[
     img, labels, _, _ = ds[0]
     assert tuple(img.shape) == (3, 64, 64) and ds.shapes.tolist() == [list(hw)]
     assert len(ds.labels[0]) == len(labels) == 1  # a box over the whole image is kept
-    batch, _ = letterbox_batch([read_image(tmp_path / "images" / "x.png")] * 2, 64, 32)
+    batch, _ = LetterboxTransform(64, 32).letterbox([read_image(tmp_path / "images" / "x.png")] * 2)
     assert batch.shape[:2] == (2, 3) and max(batch.shape[2:]) == 64  # never the 10000-pixel side
 
 
@@ -151,7 +152,7 @@ def test_big_side_batch_is_bounded_by_the_model_size(tmp_path: Path) -> None:
     """A tall and a wide 10000-pixel image in one batch: the batch is 64x64, not 10000x10000."""
     imgs = [np.zeros((10000, 16, 3), np.uint8), np.zeros((16, 10000, 3), np.uint8),
             np.zeros((1, 10000, 3), np.uint8)]
-    batch, _ = letterbox_batch(imgs, 64, 32)
+    batch, _ = LetterboxTransform(64, 32).letterbox(imgs)
     assert tuple(batch.shape) == (3, 3, 64, 64) and batch.element_size() * batch.nelement() < 1e5
 
 

@@ -13,7 +13,8 @@ import pytest
 import detect
 from tests.conftest import tiny_checkpoint
 from utils.data import sources
-from utils.data.sources import CaptureSource, iter_batches, open_source
+from utils.data.sources import CaptureSource, open_source
+from utils.inference.transform import LetterboxTransform
 
 REAL_CAPTURE = cv2.VideoCapture
 HW = (48, 64)
@@ -188,7 +189,7 @@ def test_long_video_keeps_resident_memory_flat(tmp_path: Path) -> None:
     video = _write_video(tmp_path / "long.avi", n)
     rss: dict[str, float] = {}
     count = 0
-    for batch in iter_batches(open_source(video), batch_size=8, img_size=64, stride=32):
+    for batch in LetterboxTransform(64, 32).batches(open_source(video), batch_size=8):
         count += len(batch.frames)
         if "warm" not in rss and count >= warmup:
             rss["warm"] = _rss_mb()

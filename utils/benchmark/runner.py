@@ -194,7 +194,7 @@ def _run_sections(benches: list[ConfigBench], opt: BenchmarkOptions, skip: set[s
         if "onnx" not in skip and b.model.is_dynamic:
             _log(f"{b.cfg} @ {b.img_size}: ONNX Runtime", t0)
             b.record["onnx"] = onnx_section(b, mode)
-        if "deploy" not in skip and b.model.is_dynamic and tuple(getattr(b.model, "route_names", ("easy", "hard"))) == ("easy", "hard"):
+        if "deploy" not in skip and b.model.route_names == ("easy", "hard"):
             from utils.benchmark.deploy import (
                 deploy_section,  # exports and quantizes (slow imports)
             )

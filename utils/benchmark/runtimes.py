@@ -24,7 +24,7 @@ EXPORTS = {"dynamic": "both", "static_easy": "easy", "static_hard": "hard"}
 def export_onnx(model: torch.nn.Module, img_size: int, route: str, out: Path) -> Path:
     """One ONNX file of ``model`` for ``route`` ('both' keeps the routing in the graph, threshold an input)."""
     fused = copy.deepcopy(model).cpu().float().fuse().eval()
-    spec = ExportOptions(img_size=(img_size, img_size), route=route, threshold=float(getattr(model, "threshold", 0.5)))
+    spec = ExportOptions(img_size=(img_size, img_size), route=route, threshold=float(model.threshold))
     spec.check(fused)
     return Path(export_model(fused, {"names": list(model.names)}, spec, out.with_suffix(""), include=("onnx",))["onnx"])
 

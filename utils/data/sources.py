@@ -4,8 +4,8 @@
 directory, a glob or a ``.txt`` list of files) or a :class:`CaptureSource` (a webcam index, a
 stream URL, or a ``.streams`` / ``.txt`` file of URLs); :class:`ArraySource` wraps numpy arrays
 and PIL images for the Python API. Every source yields :class:`Frame` objects holding the
-original image as ``HxWx3`` ``uint8`` BGR, whatever its depth or channels, and
-:func:`iter_batches` letterboxes them into model-ready batches.
+original image as ``HxWx3`` ``uint8`` BGR, whatever its depth or channels;
+:class:`utils.inference.transform.LetterboxTransform` letterboxes them into model-ready batches.
 
 Errors: a missing source raises ``FileNotFoundError``; one that exists but cannot be used (a
 corrupt single file, a camera or stream that does not open, an empty folder) raises
@@ -20,15 +20,12 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
-from utils.data.augment import letterbox
 from utils.data.config import IMG_SUFFIXES, PathLike, find_images
 from utils.data.images import read_image, to_bgr_uint8
 
@@ -45,8 +42,8 @@ RETRY_DELAY_S = 1.0  # wait before each reconnection attempt
 GLOB_CHARS = re.compile(r"[*?\[]")
 
 __all__ = [
-    "VID_SUFFIXES", "ArraySource", "Batch", "CaptureSource", "FileSource", "Frame", "SourceError",
-    "as_source", "iter_batches", "letterbox_batch", "open_source", "read_stream_list",
+    "VID_SUFFIXES", "ArraySource", "CaptureSource", "FileSource", "Frame", "SourceError",
+    "as_source", "open_source", "read_stream_list",
 ]
 
 
@@ -66,15 +63,6 @@ class Frame:
     path: str
     index: int | None = None
     fps: float | None = None
-
-
-@dataclass
-class Batch:
-    """Letterboxed ``(b, 3, H, W)`` ``uint8`` RGB images, their frames and ``(ratio, pad)`` each."""
-
-    imgs: torch.Tensor
-    frames: list[Frame]
-    ratio_pads: list[tuple]
 
 
 # --------------------------------------------------------------------------- files
@@ -372,36 +360,3 @@ def as_source(source: Any) -> Source:
             return FileSource(source)
         return ArraySource(source)
     return ArraySource([source])
-
-
-# --------------------------------------------------------------------------- batching
-def _fitted_hw(hw: tuple[int, int], img_size: int) -> tuple[int, int]:
-    r = img_size / max(hw)
-    return max(1, round(hw[0] * r)), max(1, round(hw[1] * r))  # a 1x10000 image keeps 1 row
-
-
-def letterbox_batch(imgs: Sequence[np.ndarray], img_size: int, stride: int,
-                    shape: tuple[int, int] | None = None) -> tuple[torch.Tensor, list[tuple]]:
-    """Letterbox BGR images to one shape: each scaled to ``img_size`` on its long side, padded to
-    the smallest stride multiple holding them all (or fitted into a fixed ``shape`` = (h, w), for
-    exports with one input size). Returns ``(b, 3, H, W)`` uint8 RGB and each ``(ratio, pad)``."""
-    if shape is None:
-        fitted = [_fitted_hw(im.shape[:2], img_size) for im in imgs]
-        shape = tuple(math.ceil(max(s[k] for s in fitted) / stride) * stride for k in (0, 1))
-    out, ratio_pads = [], []
-    for im in imgs:
-        lb = letterbox(im, shape, auto=False, stride=stride)
-        out.append(np.ascontiguousarray(lb.img[..., ::-1].transpose(2, 0, 1)))
-        ratio_pads.append((lb.ratio, lb.pad))
-    return torch.from_numpy(np.stack(out)), ratio_pads
-
-
-def iter_batches(frames: Iterable[Frame], batch_size: int, img_size: int, stride: int,
-                 shape: tuple[int, int] | None = None) -> Iterator[Batch]:
-    """Group ``frames`` into :class:`Batch` es of up to ``batch_size`` (see :func:`letterbox_batch`)."""
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    it = iter(frames)
-    while chunk := list(islice(it, batch_size)):
-        imgs, ratio_pads = letterbox_batch([f.img for f in chunk], img_size, stride, shape)
-        yield Batch(imgs, chunk, ratio_pads)

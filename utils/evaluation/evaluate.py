@@ -18,9 +18,10 @@ from tqdm import tqdm
 from models.route import route_mask
 from models.flops import route_gflops
 from utils.defaults import VAL
-from utils.evaluation.evaluator import DetectionStats, ground_truth, to_original
+from utils.evaluation.evaluator import DetectionStats, ground_truth
 from utils.evaluation.metrics import fitness
 from utils.inference.predictor import BatchPrediction, Predictor
+from utils.inference.transform import LetterboxTransform
 
 LOGGER = logging.getLogger("dydet.test")
 SCORES = ("precision", "recall", "map50", "map")
@@ -176,7 +177,7 @@ class _Accumulator:
         for key, stats in streams.items():
             for i, det in enumerate(batch[key].dets):
                 det = det.clone()
-                det[:, :4] = to_original(det[:, :4], hw, shapes[i])
+                det[:, :4] = LetterboxTransform.to_original(det[:, :4], hw, shapes[i])
                 stats.add(det.cpu().numpy(), ground_truth(labels, i, hw, shapes[i]), _orig_hw(shapes[i], hw))
                 if key == "all":
                     self.predictions.append((paths[i], det.cpu().numpy()))

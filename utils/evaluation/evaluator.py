@@ -7,24 +7,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.boxes import scale_boxes, xywhn2xyxy
+from utils.boxes import xywhn2xyxy
 from utils.evaluation.metrics import ConfusionMatrix, coco_evaluate, match_predictions, pr_curves
+from utils.inference.transform import LetterboxTransform, ShapeInfo
 
 
-def to_original(boxes: torch.Tensor, input_hw: tuple[int, int], shape_info) -> torch.Tensor:
-    """xyxy boxes in network-input pixels -> original-image pixels (``shape_info`` from the dataset)."""
-    boxes = boxes.clone()
-    if shape_info is None:
-        return boxes
-    orig_hw, ratio_pad = shape_info
-    return scale_boxes(input_hw, boxes, orig_hw, ratio_pad)
-
-
-def ground_truth(labels: torch.Tensor, index: int, input_hw: tuple[int, int], shape_info) -> np.ndarray:
+def ground_truth(labels: torch.Tensor, index: int, input_hw: tuple[int, int], shape_info: ShapeInfo) -> np.ndarray:
     """Labels of image ``index`` of a batch as (n, 5) [cls, x1, y1, x2, y2] original pixels."""
     lab = labels[labels[:, 0] == index]
     h, w = input_hw
-    xyxy = to_original(xywhn2xyxy(lab[:, 2:6].float(), w, h), input_hw, shape_info)
+    xyxy = LetterboxTransform.to_original(xywhn2xyxy(lab[:, 2:6].float(), w, h), input_hw, shape_info)
     return torch.cat((lab[:, 1:2].float(), xyxy), 1).cpu().numpy()
 
 

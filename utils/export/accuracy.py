@@ -43,7 +43,7 @@ def _scores(result) -> dict[str, float]:
 
 def route_pass(model: Any, loader, names: Sequence[str], img_size: int, name: str = "model") -> RoutePass:
     """Every image through each route of a dynamic ``model`` (PyTorch, ONNX Runtime, OpenVINO)."""
-    if not getattr(model, "is_dynamic", False):
+    if not model.is_dynamic:
         raise ValueError(f"{name}: route_pass needs a dynamic model (both routes); use static_pair_pass")
     names = list(names)
     easy = evaluate(model, loader, names, threshold=1.0, img_size=img_size, time_routed=False)

@@ -124,7 +124,7 @@ def onnx_metadata(model: torch.nn.Module, opt: ExportOptions, info: dict, gflops
     """What :class:`utils.runtime.onnx_model.OnnxModel` needs to behave like the PyTorch model."""
     routed = model.is_dynamic and opt.route == "both"
     nms_opts = {k: getattr(opt, k) for k in ("conf_thres", "iou_thres", "topk_all")} if opt.end2end else None
-    kind = {"kind": "dy" if model.is_dynamic else "plain", "route_names": list(getattr(model, "route_names", ()))}
+    kind = {"kind": "dy" if model.is_dynamic else "plain", "route_names": list(model.route_names)}
     if is_dualres(model):
         kind = dualres_metadata(model, opt)
     return {

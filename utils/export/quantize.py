@@ -72,7 +72,8 @@ def calibration_images(source, img_size: int | tuple[int, int], n: int = 300, st
     """
     if isinstance(source, torch.Tensor):
         return source[:n].float()
-    from utils.data.sources import letterbox_batch, open_source
+    from utils.data.sources import open_source
+    from utils.inference.transform import LetterboxTransform
     hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     src = Path(source) if isinstance(source, (str, Path)) else None
     if src is not None and src.suffix.lower() in (".yaml", ".yml"):
@@ -87,8 +88,9 @@ def calibration_images(source, img_size: int | tuple[int, int], n: int = 300, st
             break
     if not frames:
         raise ValueError(f"no calibration images found in {source}")
-    imgs, _ = letterbox_batch(frames, max(hw), stride, shape=hw)
-    return imgs.float() / 255.0
+    transform = LetterboxTransform(max(hw), stride, shape=hw)
+    imgs, _ = transform.batch(frames)
+    return transform.normalize(imgs, "cpu")
 
 
 def calibration_feeds(images: torch.Tensor, threshold_input: bool, batch: int | None = 1,

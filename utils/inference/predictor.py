@@ -13,6 +13,7 @@ import torch
 from utils.cpu import require_bf16
 from utils.defaults import PREDICT
 from utils.inference.nms import non_max_suppression
+from utils.inference.transform import LetterboxTransform
 from utils.torch_utils import time_sync
 
 
@@ -64,10 +65,8 @@ class Predictor:
         return bool(getattr(self.model, "is_dynamic", False))
 
     def preprocess(self, imgs: torch.Tensor) -> torch.Tensor:
-        """uint8 (b, 3, h, w) RGB -> float in [0, 1] on the model's device."""
-        x = imgs.to(self.device, non_blocking=True)
-        x = x.half() if self.half else x.float()
-        return x / 255.0 if imgs.dtype == torch.uint8 else x
+        """uint8 (b, 3, h, w) RGB -> float in [0, 1] on the model's device (fp16 weights: fp16)."""
+        return LetterboxTransform.normalize(imgs, self.device, self.half)
 
     def _float(self, pred):
         """bf16 predictions back to fp32 for NMS (boxes keep fp32 coordinates)."""

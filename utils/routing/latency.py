@@ -28,7 +28,7 @@ def time_call(fn: Callable[[], object], reps: int = 5, warmup: int = 2) -> list[
 def inference_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy prepared the way inference runs it (fused, CPU fast path where it applies)."""
     m = copy.deepcopy(model).eval()
-    return m.optimize_for_inference() if hasattr(m, "optimize_for_inference") else m
+    return m.optimize_for_inference()
 
 
 def _example_input(model, img_size: int, batch_size: int) -> torch.Tensor:
@@ -44,9 +44,9 @@ def _example_input(model, img_size: int, batch_size: int) -> torch.Tensor:
 def route_latency(model, img_size: int, reps: int = 5, warmup: int = 2, batch_size: int = 1) -> dict[str, float]:
     """Median ms per batch of each route of a dynamic model (PyTorch or an export that takes its
     threshold as an input): {'easy', 'hard'}, forced with threshold 1 and 0."""
-    if not getattr(model, "is_dynamic", False):
+    if not model.is_dynamic:
         raise ValueError("route latencies need a dynamic model")
-    if getattr(model, "threshold_input", True) is False:
+    if not model.threshold_input:
         raise ValueError(f"{model.file_name} has its routing threshold built in, so its routes cannot be timed "
                          "apart; export it with --thres-input")
     x = _example_input(model, img_size, batch_size)

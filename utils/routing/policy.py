@@ -44,7 +44,7 @@ def choose_threshold(model: Any, info: Mapping, img_size: int, *, dy_thres: floa
     export's stored ones). ``default``: the threshold when nothing is asked (the model's own).
     ``precision``: how the model runs when not in its weights' dtype (e.g. 'bf16' autocast).
     """
-    if not getattr(model, "is_dynamic", False):
+    if not model.is_dynamic:
         if any(v is not None for v in (dy_thres, target_latency, target_gflops)):
             LOGGER.warning("plain model: the routing request is ignored (a plain model has one route)")
         return None, "plain model (no routing)"
@@ -54,7 +54,7 @@ def choose_threshold(model: Any, info: Mapping, img_size: int, *, dy_thres: floa
         LOGGER.info("route latencies: %s", source)
     if target_gflops is not None and gflops is None:
         gflops = route_gflops_of(model, img_size)
-    default = getattr(model, "threshold", 0.5) if default is None else default
+    default = model.threshold if default is None else default
     return resolve_threshold(dy_thres, info.get("thresholds"), target_latency=target_latency,
                              target_gflops=target_gflops, latencies=latency, gflops=gflops or None, default=default)
 
@@ -62,7 +62,7 @@ def choose_threshold(model: Any, info: Mapping, img_size: int, *, dy_thres: floa
 def route_gflops_of(model: Any, img_size: int) -> dict[str, float] | None:
     """Per-route GFLOPs at ``img_size`` (PyTorch), an export's stored ones, or None."""
     if not isinstance(model, torch.nn.Module):
-        return dict(getattr(model, "gflops", None) or {}) or None
+        return dict(model.gflops) or None
     from models.flops import route_gflops
     try:
         return route_gflops(model, img_size)
@@ -83,8 +83,8 @@ def latency_key(model: Any, info: Mapping, img_size: int, precision: str | None 
         threads = torch.get_num_threads()
     else:
         device, backend = "cpu", str(info.get("format") or type(model).__name__)
-        prec = precision or str(getattr(model, "precision", "fp32")) + ("+int8" if getattr(model, "int8", None) else "")
-        threads = getattr(model, "threads", None) or "default"
+        prec = precision or str(model.precision) + ("+int8" if model.int8 else "")
+        threads = model.threads or "default"
     path = Path(str(info.get("path") or ""))
     try:
         st = path.stat()
@@ -108,8 +108,7 @@ def machine_latency(model: Any, info: Mapping, img_size: int, *, precision: str 
         return {"easy": entry["easy"], "hard": entry["hard"]}, \
             f"easy {entry['easy']:.1f} ms, hard {entry['hard']:.1f} ms, measured on this machine on {entry['when']} " \
             f"(cached in {path}; remeasure to refresh)"
-    runnable = inference_copy(model) if isinstance(model, torch.nn.Module) and not getattr(model, "fused", True) \
-        else model
+    runnable = model if model.fused else inference_copy(model)
     ms = route_latency(runnable, img_size)
     cache[key] = {**ms, "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     _write_cache(path, cache)

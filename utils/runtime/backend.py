@@ -24,6 +24,9 @@ class ExportBackend:
     fused = True
     training = False
     format = "export"  # info["format"]
+    precision = "fp32"  # what the runtime computes in (an INT8 file: its float parts)
+    int8: dict | None = None  # the quantization record of an INT8 file
+    threads: int | None = None  # the runtime's thread count, None: its own default
     path: Path
     output_names: list[str]
 
@@ -45,7 +48,7 @@ class ExportBackend:
         self.batch = meta["batch"]
         self.is_dynamic = bool(meta["dynamic"])
         self.kind = str(meta.get("kind") or ("dy" if self.is_dynamic else "plain"))  # older files: no kind
-        self.route_names = tuple(meta.get("route_names") or ("easy", "hard"))  # ('low', 'high') for DualRes
+        self.route_names = tuple(meta.get("route_names") or ("easy", "hard")) if self.is_dynamic else ()
         self.route = meta["route"]
         self.threshold = meta["threshold"]
         self.threshold_input = bool(meta["threshold_input"])

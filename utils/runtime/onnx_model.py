@@ -36,6 +36,7 @@ class OnnxModel(ExportBackend):
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX file {str(self.path)!r} not found")
         self.device = torch.device(device)
+        self.threads = int(threads) if threads else None
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

@@ -161,6 +161,7 @@ class OpenVinoModel(ExportBackend):
         self.meta = read_ir_metadata(self.xml, model)
         if precision is None:  # the IR's default; an INT8 IR runs its non-quantized ops in fp32
             precision = self.meta["openvino"].get("precision", "f32")
+        self.threads = int(threads) if threads else None
         self.config = compile_config(precision, threads)
         self.precision = self.config["INFERENCE_PRECISION_HINT"]
         self.compiled = compile_cpu(model, self.config, core)

@@ -77,7 +77,7 @@ def checkpoint_dict(model: nn.Module, *, names: Iterable[str], img_size: int | N
                     extra: Mapping | None = None) -> dict:
     """The ``dydet-v1`` dict for ``model``; everything in it must be tensors or plain Python."""
     model = de_parallel(model)
-    if getattr(model, "fused", False):
+    if model.fused:
         raise CheckpointError("cannot save a fused model: its tensors no longer match its config")
     names = [str(n) for n in names]
     nc = model.cfg.get("nc")
@@ -330,7 +330,7 @@ def _load_yolov7(ckpt: Mapping, cfg: Any, nc: int | None, source: str) -> tuple[
     nc = nc if nc is not None else _head_nc(state)
     model = _build(cfg, nc=nc, names=_yolov7_names(pickled, nc))
     not_loaded: list[str] = []
-    if getattr(model, "is_dynamic", False):
+    if model.is_dynamic:
         not_loaded = yolov7_to_dynamic(state, model)[1]
         _plain_into_dynamic(state, model, source)
     else:
