@@ -56,7 +56,7 @@ class DyDet:
         self.lock = threading.Lock()  # one forward pass at a time through the shared model
         self.model, self.info = load_for_inference(weights, cfg=cfg, device=device, half=self.half, fuse=fuse,
                                                    keep_freed_memory=keep_freed_memory)
-        self._threshold = float(getattr(self.model, "threshold", 0.5)) if self.is_dynamic else None
+        self._threshold = float(self.model.threshold) if self.is_dynamic else None
 
     @property
     def img_size(self) -> int:
@@ -68,17 +68,16 @@ class DyDet:
 
     @property
     def is_dynamic(self) -> bool:
-        return bool(getattr(self.model, "is_dynamic", False))
+        return bool(self.model.is_dynamic)
 
     @property
     def route_names(self) -> tuple[str, str]:
         """What the two routes are called: ('easy', 'hard') for Dy models, ('low', 'high') for DualRes."""
-        return tuple(getattr(self.model, "route_names", ("easy", "hard")))
+        return tuple(self.model.route_names or ("easy", "hard"))  # a plain model: its images count as easy
 
     @property
     def stride(self) -> int:
-        stride = getattr(self.model, "stride", None)
-        return int(stride.max()) if stride is not None else 32
+        return int(self.model.stride.max())
 
     @property
     def calibration(self) -> dict:

@@ -102,7 +102,7 @@ class EvalResult:
 def gflops_or_empty(model: Any, img_size: int) -> dict[str, float]:
     """Per-route GFLOPs of ``model`` at ``img_size`` (stored ones for exports; {} if not measurable)."""
     if not isinstance(model, torch.nn.Module):  # ONNX Runtime: GFLOPs stored at export
-        return dict(getattr(model, "gflops", {}))
+        return dict(model.gflops)
     try:
         return route_gflops(model, img_size)
     except Exception as e:  # GFLOPs are informative only
@@ -125,14 +125,14 @@ def evaluate(model: Any, loader, names: list[str], *, conf_thres: float = VAL.co
     when both detectors are scored; ``plot_dir`` receives the curves and three batch mosaics;
     ``half`` runs a PyTorch model in fp16 (CUDA) or bf16 autocast (CPU with native bf16).
     """
-    if threshold is None and getattr(model, "is_dynamic", False):
+    if threshold is None and model.is_dynamic:
         threshold = float(model.threshold)
     predictor = Predictor(model, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, multi_label=True,
                           half=half)
     streams = {"all": DetectionStats(names)}
     if _scores_both(model):  # ONNX exports: routed results only
         streams.update(detector1=DetectionStats(names), detector2=DetectionStats(names))
-    acc = _Accumulator(route_names=tuple(getattr(model, "route_names", ("easy", "hard"))))
+    acc = _Accumulator(route_names=tuple(model.route_names or ("easy", "hard")))
     for b, (imgs, labels, paths, shapes) in enumerate(tqdm(loader, desc="test", leave=False)):
         batch = _predict(predictor, imgs, threshold, time_routed)
         acc.add(streams, batch, imgs, labels, paths, shapes)

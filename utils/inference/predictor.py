@@ -62,7 +62,7 @@ class Predictor:
 
     @property
     def is_dynamic(self) -> bool:
-        return bool(getattr(self.model, "is_dynamic", False))
+        return bool(self.model.is_dynamic)
 
     def preprocess(self, imgs: torch.Tensor) -> torch.Tensor:
         """uint8 (b, 3, h, w) RGB -> float in [0, 1] on the model's device (fp16 weights: fp16)."""
@@ -76,7 +76,7 @@ class Predictor:
 
     def postprocess(self, pred: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
         """NMS, unless the model already did it (end-to-end exports return per-image detections)."""
-        if getattr(self.model, "end2end", False):
+        if self.model.end2end:
             return list(pred)
         return non_max_suppression(pred, **self.nms_kwargs)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from utils.evaluation.evaluate import gflops_or_empty
 from utils.io import atomic_write_text
 from utils.paths import user_cache_dir
 from utils.routing.calibration import resolve_threshold
@@ -61,14 +62,7 @@ def choose_threshold(model: Any, info: Mapping, img_size: int, *, dy_thres: floa
 
 def route_gflops_of(model: Any, img_size: int) -> dict[str, float] | None:
     """Per-route GFLOPs at ``img_size`` (PyTorch), an export's stored ones, or None."""
-    if not isinstance(model, torch.nn.Module):
-        return dict(model.gflops) or None
-    from models.flops import route_gflops
-    try:
-        return route_gflops(model, img_size)
-    except (RuntimeError, ValueError, TypeError, ImportError) as e:  # the stored costs may still do
-        LOGGER.warning("GFLOPs not measured: %s", e)
-        return None
+    return gflops_or_empty(model, img_size) or None
 
 
 # ---- latency on this machine ----------------------------------------------------------------------
