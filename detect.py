@@ -26,7 +26,8 @@ from utils.inference.writer import ResultWriter
 from utils.options import make_options, option, parse_options
 from utils import option_groups as groups
 from utils.paths import increment_path
-from utils.validate import check_fraction, check_img_size
+from utils.validate import check_fraction
+from utils.weights.backends import settle_img_size
 
 LOGGER = logging.getLogger("dydet.detect")
 
@@ -73,7 +74,7 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     src = open_source(DEMO_SOURCE if opt.source is None else opt.source)
     detector = DyDet(opt.weights, cfg=opt.cfg, device=opt.device, half=opt.half,
                      keep_freed_memory=True)  # a script owns its process
-    img_size = check_img_size(opt.img_size, detector.stride) or detector.img_size
+    img_size = settle_img_size(opt.img_size, detector.info, detector.stride)
     how = detector.set_threshold(opt.dy_thres, target_latency=opt.target_latency, target_gflops=opt.target_gflops,
                                  img_size=img_size, remeasure=opt.remeasure_latency)
     LOGGER.info("routing: %s; input size %d", how, img_size)

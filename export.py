@@ -21,7 +21,7 @@ from utils.export.pipeline import FORMATS, export_model
 from utils.export.spec import ExportOptions
 from utils.options import make_options, option, parse_options
 from utils.routing.policy import choose_threshold
-from utils.weights.backends import input_size, is_onnx, load_model
+from utils.weights.backends import is_onnx, load_model, settle_img_size
 
 
 @dataclass
@@ -75,8 +75,9 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
         raise ValueError(f"{opt.weights} is already an ONNX export; pass the PyTorch weights")
     model, info = load_model(opt.weights, cfg=opt.cfg, device=opt.device)
     model = model.float().fuse().eval()
-    threshold, free = _threshold(model, info, opt)
-    spec = ExportOptions(img_size=_hw(opt.img_size, info), batch_size=opt.batch_size, dynamic_batch=opt.dynamic_batch,
+    hw = _hw(opt.img_size, info)
+    threshold, free = _threshold(model, info, opt, max(hw))
+    spec = ExportOptions(img_size=hw, batch_size=opt.batch_size, dynamic_batch=opt.dynamic_batch,
                          route=opt.route, threshold=threshold if threshold is not None else 0.5, thres_input=free,
                          end2end=opt.end2end, topk_all=opt.topk_all, iou_thres=opt.iou_thres,
                          conf_thres=opt.conf_thres, opset=opt.opset)
@@ -97,7 +98,7 @@ def _check_formats(include, end2end: bool, simplify_graph: bool) -> list[str]:
     return include
 
 
-def _threshold(model, info: dict, opt: Options) -> tuple[float | None, bool]:
+def _threshold(model, info: dict, opt: Options, img_size: int) -> tuple[float | None, bool]:
     """(threshold, whether the graph takes it as an input)."""
     asked = any(v is not None for v in (opt.dy_thres, opt.target_gflops, opt.target_latency))
     if not model.is_dynamic or opt.route != "both":
@@ -105,7 +106,7 @@ def _threshold(model, info: dict, opt: Options) -> tuple[float | None, bool]:
             raise ValueError("--dy-thres, --target-gflops, --target-latency and --thres-input apply to a dynamic "
                              "model exported with --route both")
         return None, False
-    threshold, how = choose_threshold(model, info, max(_hw(opt.img_size, info)), dy_thres=opt.dy_thres,
+    threshold, how = choose_threshold(model, info, img_size, dy_thres=opt.dy_thres,
                                       target_latency=opt.target_latency, target_gflops=opt.target_gflops)
     free = not asked or opt.thres_input
     print(f"routing: {how}, {'a graph input' if free else 'built into the graph'}")
@@ -113,13 +114,15 @@ def _threshold(model, info: dict, opt: Options) -> tuple[float | None, bool]:
 
 
 def _hw(img_size: int | list[int] | None, info: dict) -> tuple[int, int]:
-    """(h, w) from one or two numbers; none: the weights' own size."""
-    if img_size is None or img_size == []:
-        img_size = input_size(None, info)
-    sizes = [int(s) for s in ([img_size] if isinstance(img_size, int) else img_size)]
-    if len(sizes) not in (1, 2):
+    """(h, w) from one or two numbers; none: the weights' own size (one number: as the other scripts
+    settle it, see :func:`utils.weights.backends.settle_img_size`)."""
+    sizes = [] if img_size is None else [int(s) for s in ([img_size] if isinstance(img_size, int) else img_size)]
+    if len(sizes) > 2:
         raise ValueError(f"--img-size takes one or two numbers (h w), got {sizes}")
-    return (sizes[0], sizes[-1])
+    if len(sizes) < 2:
+        side = settle_img_size(sizes[0] if sizes else None, info)
+        return side, side
+    return sizes[0], sizes[1]
 
 
 def _output_base(output, info: dict, spec: ExportOptions) -> Path:

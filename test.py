@@ -25,10 +25,10 @@ from utils.io import atomic_write_text
 from utils.options import make_options, option, parse_options
 from utils import option_groups as groups
 from utils.paths import increment_path
-from utils.validate import check_fraction, check_img_size
+from utils.validate import check_fraction
 from utils.routing.analysis import routing_analysis
 from utils.routing.policy import choose_threshold
-from utils.weights.backends import input_size
+from utils.weights.backends import settle_img_size
 
 LOGGER = logging.getLogger("dydet.test")
 
@@ -76,7 +76,7 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     model, info = load_for_inference(opt.weights, cfg=opt.cfg, device=opt.device, half=opt.half,
                                      keep_freed_memory=True)  # a script owns its process
     names = list(info.get("names") or model.names)
-    img_size = input_size(check_img_size(opt.img_size, int(model.stride.max())), info)
+    img_size = settle_img_size(opt.img_size, info, int(model.stride.max()))
     if opt.dy_sweep and not model.is_dynamic:
         raise ValueError("--dy-sweep needs a dynamic model (dy-* config)")
     if opt.dy_sweep and not hasattr(model, "forward_both"):
@@ -94,7 +94,7 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     result = evaluate(model, loader, names, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
                       max_det=opt.max_det, threshold=threshold, img_size=img_size, gflops=gflops,
                       plot_dir=save_dir if opt.plots else None, half=opt.half)
-    metrics = result.to_dict()
+    metrics = {**result.to_dict(), "img_size": img_size}
     if model.is_dynamic:
         metrics["dynamic"].update(threshold=threshold, threshold_choice=how)
         metrics["dynamic"].update(routing_analysis(result, model, info, threshold, img_size, gflops, save_dir,

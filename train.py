@@ -33,6 +33,7 @@ from utils.torch_utils import DistInfo, de_parallel, distributed_run, main_proce
 from utils.train.resume import resume_options
 from utils.train.rng import seed_all
 from utils.train.trainer import Trainer, TrainLoop
+from utils.weights.backends import own_img_size
 from utils.weights.checkpoints import load_checkpoint, transfer_weights
 from utils.weights.downloads import attempt_download
 
@@ -122,6 +123,9 @@ def _model(opt, names: list[str], device: torch.device, resume_ckpt: Path | None
             raise ValueError("give --cfg (architecture) and/or --weights")
         return build_model(opt.cfg, names=names).to(device), {}
     model, info = load_checkpoint(attempt_download(opt.weights), cfg=opt.cfg or None)  # zoo names: downloaded
+    own = own_img_size(info)
+    if own and own != opt.img_size:  # fine-tuning keeps YOLO's 640 default, but says so
+        LOGGER.warning("warning: training at --img-size %d; %s was trained at %d px", opt.img_size, opt.weights, own)
     if model.nc != len(names) or list(model.names) != list(names):
         fresh = build_model(model.cfg, names=names)
         reinit = transfer_weights(model, fresh)

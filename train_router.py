@@ -28,7 +28,7 @@ from models.zoo import zoo_cfg, zoo_entry
 from utils.cli import script_main
 from utils.data.config import hyp_for, load_data_config
 from utils.data.datasets import create_dataloader
-from utils.defaults import BATCH, DUALRES, IMG_SIZE, ROUTER, WORKERS
+from utils.defaults import BATCH, DUALRES, ROUTER, WORKERS
 from utils.options import make_options, option, options_dict, parse_options
 from utils import option_groups as groups
 from utils.paths import increment_path
@@ -43,6 +43,7 @@ from utils.torch_utils import DistInfo, distributed_run, main_process_first, sel
 from utils.train.loss import ComputeLoss, scale_loss_gains
 from utils.train.resume import STATE_KEYS, resume_options
 from utils.train.rng import seed_all
+from utils.weights.backends import settle_img_size
 from utils.weights.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from utils.weights.downloads import attempt_download
 
@@ -63,7 +64,7 @@ class Options:
     epochs: int | None = option(None, f"default {ROUTER.epochs} (dynamicdet), {DUALRES.epochs} (dualres)")
     batch_size: int | None = option(None, f"total over all processes; default {BATCH['train_router']} "
                                           f"(dynamicdet), {DUALRES.batch_size} (dualres)")
-    img_size: int = option(IMG_SIZE)
+    img_size: int | None = option(None, "input size (default: the size the weights were trained at, else 640)")
     device: str = groups.device()
     workers: int = option(WORKERS, "dataloader workers per process")
     lr: float | None = option(None, f"dynamicdet: AdamW, constant, default {ROUTER.lr:g}; dualres: SGD, "
@@ -118,7 +119,8 @@ def _with_router_defaults(opt: Options) -> Options:
 def _train_dynamicdet(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:
     """DynamicDet's router (paper Sec. 3.3) on the frozen detectors of a stage-1 Dy model."""
     seed_all(opt.seed + max(dist_info.rank, 0))
-    model, extra = _dynamic_model(opt, device, resume_ckpt)
+    model, extra, info = _dynamic_model(opt, device, resume_ckpt)
+    opt = _settle_size(opt, info, model)
     data = _data(opt, model)
     compute_loss = ComputeLoss(model, scale_loss_gains(hyp_for(model, opt.hyp), model.heads[0].nl, model.nc, opt.img_size))
     train_loader, val_loader = _loaders(opt, data, int(model.stride.max()), dist_info, model.nc)
@@ -139,7 +141,8 @@ def _train_dynamicdet(opt: Options, device: torch.device, dist_info: DistInfo, r
 def _train_dualres(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:
     """A DualRes resolution router (paper Sec. 3.1.2) around a frozen detector."""
     seed_all(opt.seed + max(dist_info.rank, 0))
-    model, extra = _dualres_model(opt, device, resume_ckpt)
+    model, extra, info = _dualres_model(opt, device, resume_ckpt)
+    opt = _settle_size(opt, info, model)
     data = _data(opt, model)
     compute_loss = detector_loss(model, opt.img_size, opt.hyp)
     train_loader, val_loader = _loaders(opt, data, int(model.stride.max()), dist_info, model.nc)
@@ -180,9 +183,11 @@ def calibrate(opt: Options) -> dict:
     val split, saved as a new checkpoint."""
     device = select_device(opt.device)
     if opt.router_from:
-        model = attach_router(_load(opt, opt.weights, device)[0], opt.router_from, opt.inner_threshold)
+        detector, info = _load(opt, opt.weights, device)
+        model = attach_router(detector, opt.router_from, opt.inner_threshold)
     else:
-        model, _ = _dynamic_model(opt, device, None)
+        model, _, info = _dynamic_model(opt, device, None)
+    opt = _settle_size(opt, info, model)
     data = load_data_config(opt.data, require=("val",))
     phi = difficulty_scores(model, _val_loader(opt, data, int(model.stride.max()), model.nc), device, "val φ")
     calib = calibration_record(phi, img_size=opt.img_size, **route_costs(model, opt.img_size))
@@ -206,26 +211,33 @@ def _load(opt: Options, path: str | Path, device: torch.device) -> tuple[torch.n
     return load_checkpoint(path, cfg=opt.cfg or zoo_cfg(path), device=device)
 
 
-def _dynamic_model(opt: Options, device: torch.device, resume_ckpt: Path | None) -> tuple[torch.nn.Module, dict]:
-    """The model from --weights (or the interrupted run's last.pt), checked to have a router."""
+def _settle_size(opt: Options, info: dict, model: torch.nn.Module) -> Options:
+    """--img-size, or the size the weights were trained at (see settle_img_size)."""
+    return replace(opt, img_size=settle_img_size(opt.img_size, info, int(model.stride.max())))
+
+
+def _dynamic_model(opt: Options, device: torch.device, resume_ckpt: Path | None
+                   ) -> tuple[torch.nn.Module, dict, dict]:
+    """The model from --weights (or the interrupted run's last.pt), checked to have a router;
+    with its training state (when resuming) and its info."""
     model, info = _load(opt, resume_ckpt or opt.weights, device)
     if not model.is_dynamic:
         raise ValueError(f"{resume_ckpt or opt.weights} holds a plain (non-dynamic) detector; train_router.py needs "
                          "a Dy model (a stage-1 checkpoint of a dy-* config), or --router dualres")
     if isinstance(model, DualResModel) and opt.router == "dynamicdet" and not opt.calibrate:
         raise ValueError(f"{opt.weights} is a DualRes model; train its router with --router dualres")
-    return model, info["extra"] if resume_ckpt is not None else {}
+    return model, info["extra"] if resume_ckpt is not None else {}, info
 
 
-def _dualres_model(opt: Options, device: torch.device, resume_ckpt: Path | None) -> tuple[DualResModel, dict]:
+def _dualres_model(opt: Options, device: torch.device, resume_ckpt: Path | None) -> tuple[DualResModel, dict, dict]:
     """A new DualRes router around --weights' detector, or the interrupted run's model."""
     if resume_ckpt is not None:
         model, info = _load(opt, resume_ckpt, device)
-        return model, info["extra"]
-    detector, _ = _load(opt, opt.weights, device)
+        return model, info["extra"], info
+    detector, info = _load(opt, opt.weights, device)
     model = wrap_detector(detector, kind=opt.router_kind, router_size=opt.router_size,
                           router_weights=opt.router_weights, scale=opt.scale, inner_threshold=opt.inner_threshold)
-    return model.to(device), {}
+    return model.to(device), {}, info
 
 
 def _loaders(opt, data, stride: int, dist_info: DistInfo, nc: int):

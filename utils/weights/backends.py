@@ -7,6 +7,8 @@ benchmark never care which one they hold.
 """
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -16,7 +18,10 @@ from utils.defaults import IMG_SIZE
 from utils.runtime.openvino_model import is_openvino
 from utils.torch_utils import select_device
 from utils.weights.checkpoints import load_checkpoint
+from utils.validate import check_img_size
 from utils.weights.downloads import attempt_download
+
+LOGGER = logging.getLogger(__name__)
 
 
 def is_onnx(weights: str | Path) -> bool:
@@ -62,7 +67,28 @@ def input_size(img_size: int | None, info: dict) -> int:
     """
     if img_size:
         return int(img_size)
+    return own_img_size(info) or IMG_SIZE
+
+
+def own_img_size(info: Mapping) -> int | None:
+    """The input size the weights were trained (or exported) at, from their info; None if unknown."""
     own = info.get("img_size")
     if isinstance(own, (list, tuple)):
         own = max(int(v) for v in own)
-    return int(own) if own else IMG_SIZE
+    return int(own) if own else None
+
+
+def settle_img_size(asked: int | None, info: Mapping, stride: int = 32) -> int:
+    """The input size a script or the API runs (or trains, or calibrates) a model at.
+
+    The model's own setting is the default: ``asked`` when given (rounded up to a stride multiple,
+    with a warning), else the size the weights were trained at, else 640. A size that differs from
+    the weights' own is used as asked, with one line saying so.
+    """
+    size = check_img_size(asked, stride)
+    own = own_img_size(info)
+    if size is None:
+        return own or IMG_SIZE
+    if own and size != own:
+        LOGGER.warning("warning: --img-size %d differs from the %d px the weights were trained at", size, own)
+    return size
