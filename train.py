@@ -33,7 +33,9 @@ from utils.torch_utils import DistInfo, de_parallel, distributed_run, main_proce
 from utils.train.resume import resume_options
 from utils.train.rng import seed_all
 from utils.train.trainer import Trainer, TrainLoop
-from utils.weights.backends import own_img_size
+from utils.runtime.openvino_model import is_openvino
+from utils.validate import check_img_size
+from utils.weights.backends import is_onnx, own_img_size
 from utils.weights.checkpoints import load_checkpoint, transfer_weights
 from utils.weights.downloads import attempt_download
 
@@ -80,12 +82,21 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     resume_ckpt = None
     if opt.resume:
         opt, resume_ckpt, _ = resume_options(opt, script="train.py")
+    _check_start(opt)
     return distributed_run(_train, opt, resume_ckpt)
+
+
+def _check_start(opt: Options) -> None:
+    """What must hold before a run folder is claimed (errors a user can fix, one line each)."""
+    if not opt.data:
+        raise ValueError("give --data: a data YAML (YOLOv7 or Ultralytics form)")
+    if opt.weights and (is_onnx(opt.weights) or is_openvino(opt.weights)):
+        raise ValueError(f"{opt.weights} is an export, which cannot be trained; pass the PyTorch checkpoint "
+                         "it was exported from")
 
 
 def _train(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt: Path | None) -> dict:
     seed_all(opt.seed + max(dist_info.rank, 0))
-    save_dir = shared_run_dir(opt, dist_info)
     data = load_data_config(opt.data)
     names = ["item"] if opt.single_cls else data.names
     model, extra = _model(opt, names, device, resume_ckpt)
@@ -95,7 +106,9 @@ def _train(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt:
     if opt.sync_bn and dist_info.rank >= 0:
         model = _sync_bn(model, device)
     stride = int(de_parallel(model).stride.max())
+    opt.img_size = check_img_size(opt.img_size, stride)  # rounded up to the stride, with a warning
     train_loader, train_set, val_loader = _loaders(opt, data, hyp, stride, dist_info, len(names))
+    save_dir = shared_run_dir(opt, dist_info)  # claimed once the run can start
     if dist_info.is_main and resume_ckpt is None:
         _prepare_run(opt, hyp, model, train_set, names, save_dir)
     loop = TrainLoop(opt.epochs, opt.batch_size, opt.img_size, adam=opt.adam, noval=opt.noval, plots=opt.plots,

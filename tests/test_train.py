@@ -116,11 +116,16 @@ def test_cli_errors_are_one_clear_line(demo: dict, tmp_path: Path, capsys) -> No
         (["--cfg", "nope", "--data", str(demo["data"])], "not found"),
         (["--resume", str(tmp_path / "none.pt")], "not found"),
         (["--cfg", "yolov7-tiny", "--weights", str(tmp_path / "w.pt"), "--data", str(demo["data"])], "w.pt"),
+        (["--cfg", "yolov7-tiny"], "give --data: a data YAML"),
+        (["--weights", str(tmp_path / "best.onnx"), "--data", str(demo["data"])], "an export, which cannot be trained"),
+        (["--cfg", "yolov7-tiny", "--data", str(tmp_path / "missing.yaml")], "data config not found"),
     ]
+    project = tmp_path / "runs"
     for args, message in cases:  # main() as the script runs it, in this process
-        assert train.main([*args, "--project", str(tmp_path)]) == 1, args
+        assert train.main([*args, "--project", str(project)]) == 1, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (args, err)
+    assert not project.exists() or not list(project.iterdir()), "a failed start left a run folder"
     # and once as a real process: exit code and no traceback
     res = subprocess.run([sys.executable, "train.py", "--cfg", "yolov7-tiny", "--data", str(tmp_path / "missing.yaml"),
                           "--project", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -221,3 +226,33 @@ def test_freeze_detector1_adds_a_hard_route_and_keeps_the_easy_one(demo: dict, t
     with pytest.raises(ValueError, match="needs a dynamic"):
         train.run(cfg="yolov7-tiny", data=str(demo["data"]), img_size=64, epochs=1, workers=0, device="cpu",
                   project=str(tmp_path), name="bad", noval=True, plots=False, freeze_detector1=True)
+
+
+def test_ctrl_c_says_where_last_pt_is_in_one_line(demo: dict, tmp_path: Path, monkeypatch, capsys) -> None:
+    from utils.train.trainer import Trainer
+    original = Trainer.train_epoch
+
+    def interrupted_in_epoch_2(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted_in_epoch_2)
+    args = ["--cfg", "yolov7-tiny", "--data", str(demo["data"]), "--hyp", str(demo["hyp"]), "--img-size", "64",
+            "--epochs", "3", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--project", str(tmp_path),
+            "--name", "ctrl-c", "--no-plots", "--noval"]
+    assert train.main(args) == 130
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("interrupted")]
+    last = tmp_path / "ctrl-c" / "weights" / "last.pt"
+    assert err == [f"interrupted: stopped in epoch 2; {last} holds the 1 finished epoch: "
+                   f"continue with python train.py --resume {last}"]
+    assert read_checkpoint(last)["epoch"] == 0
+
+
+def test_a_size_off_the_stride_is_rounded_up_with_a_warning(demo: dict, tmp_path: Path, caplog) -> None:
+    import logging
+    with caplog.at_level(logging.WARNING):
+        out = train.run(cfg="yolov7-tiny", data=str(demo["data"]), hyp=str(demo["hyp"]), img_size=50, epochs=1,
+                        batch_size=8, workers=0, device="cpu", project=str(tmp_path), name="r", noval=True,
+                        plots=False)
+    assert read_checkpoint(out["last"])["img_size"] == 64  # as detect.py and test.py round it
+    assert any("--img-size 50 is not a multiple of the stride 32; using 64" in r.getMessage() for r in caplog.records)

@@ -25,6 +25,9 @@ def script_main(options: type, run: Callable[[Any], Any], argv: list[str] | None
     except (*USER_ERRORS, *errors) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # Ctrl-C: one line (where the work stands), not a traceback
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        return 130
     message = done(out) if done else None
     if message:
         print(message)

@@ -125,6 +125,8 @@ class DualResTrainer(EpochLoop):
     validation images' (main process; None elsewhere, or to score on ``train``).
     """
 
+    script = "train_router.py"  # what resumes a run
+
     model: nn.Module
     opt: DualResOptions
     train: DualResSamples

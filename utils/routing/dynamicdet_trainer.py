@@ -109,6 +109,8 @@ class RouterTrainer(EpochLoop):
     options as plain values, stored in last.pt for ``--resume``.
     """
 
+    script = "train_router.py"  # what resumes a run
+
     model: nn.Module
     loop: RouterLoop
     delta: float

@@ -71,23 +71,50 @@ def _tensorboard(save_dir: Path):
     return SummaryWriter(str(save_dir))
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, with where the last finished epoch is and how to go on from it."""
+
+
 class EpochLoop:
-    """Runs epochs ``progress.epoch .. epochs - 1``; subclasses define one epoch's work."""
+    """Runs epochs ``progress.epoch .. epochs - 1``; subclasses define one epoch's work.
+
+    ``save_dir`` is the run folder (``weights/last.pt`` holds the last finished epoch) and
+    ``script`` the script that resumes it.
+    """
 
     epochs: int
     progress: Progress
     is_main: bool
+    save_dir: Path
+    script: str = "train.py"
 
     def fit(self) -> Any:
-        """Train the remaining epochs; returns the last epoch's metrics (main process)."""
+        """Train the remaining epochs; returns the last epoch's metrics (main process).
+
+        Ctrl-C raises :class:`TrainingInterrupted` saying where ``last.pt`` is and the command
+        that resumes the run (the scripts print it as one line instead of a traceback).
+        """
         metrics: Any = {}
-        for epoch in range(self.progress.epoch, self.epochs):
-            t0 = time.time()
-            loss = self.train_epoch(epoch)
-            if self.is_main:
-                metrics = self.end_epoch(epoch, loss, time.time() - t0)
-            self.progress.epoch = epoch + 1
+        try:
+            for epoch in range(self.progress.epoch, self.epochs):
+                t0 = time.time()
+                loss = self.train_epoch(epoch)
+                if self.is_main:
+                    metrics = self.end_epoch(epoch, loss, time.time() - t0)
+                self.progress.epoch = epoch + 1
+        except TrainingInterrupted:
+            raise
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(self._resume_hint()) from None
         return metrics
+
+    def _resume_hint(self) -> str:
+        last = Path(self.save_dir) / "weights" / "last.pt"
+        if self.progress.epoch == 0 or not last.exists():
+            return f"stopped before the first epoch ended; nothing to resume in {self.save_dir}"
+        done = self.progress.epoch
+        return (f"stopped in epoch {done + 1}; {last} holds the {done} finished epoch{'s' * (done != 1)}: "
+                f"continue with python {self.script} --resume {last}")
 
     def train_epoch(self, epoch: int) -> Any:
         raise NotImplementedError
