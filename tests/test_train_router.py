@@ -226,3 +226,10 @@ def test_router_from_attaches_a_trained_router_without_training(stage1: dict, tm
 def test_dynamicdet_router_on_a_plain_model_points_to_dualres(stage1: dict, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--router dualres"):
         _run(stage1, tmp_path, "plain", weights=str(stage1["plain"]))
+
+
+def test_one_progress_bar_counts_the_router_epochs(stage1: dict, tmp_path: Path, capsys) -> None:
+    _run(stage1, tmp_path, "bar", epochs=3)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    bars = [line for line in err.splitlines() if line.startswith("router:")]
+    assert bars and "3/3" in bars[-1] and "100%" in bars[-1] and "loss=" in bars[-1], bars[-3:]

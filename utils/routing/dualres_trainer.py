@@ -37,7 +37,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 from utils.defaults import DUALRES
 from utils.evaluation.metrics import auc_policy
@@ -126,6 +125,7 @@ class DualResTrainer(EpochLoop):
     """
 
     script = "train_router.py"  # what resumes a run
+    epoch_bar = "dualres router"  # epochs on cached samples take a moment each: one bar over all of them
 
     model: nn.Module
     opt: DualResOptions
@@ -178,12 +178,9 @@ class DualResTrainer(EpochLoop):
         per_rank = max(self.opt.batch_size // max(self.dist.world_size, 1), 1)
         batches = epoch_batches(len(self.train), per_rank, epoch, self.opt.seed, self.dist)
         gen, sums = self.noise_generator(epoch), np.zeros(4)
-        bar = tqdm(batches, desc=f"dualres router {epoch + 1}/{self.opt.epochs}", disable=not self.dist.is_main,
-                   leave=False)
-        for n, idx in enumerate(bar, 1):
+        for idx in batches:
             res = self.step(self.train.subset(idx), gen)
             sums += [float(v) for v in res]
-            bar.set_postfix(loss=f"{sums[0] / n:.4f}", high=f"{sums[3] / n:.2f}")
         lr = float(self.optimizer.param_groups[0]["lr"])
         self.scheduler.step()  # per-epoch cosine
         mean = sums / max(len(batches), 1)

@@ -110,6 +110,7 @@ class RouterTrainer(EpochLoop):
     """
 
     script = "train_router.py"  # what resumes a run
+    epoch_bar = "router"  # epochs on cached samples take a moment each: one bar over all of them
 
     model: nn.Module
     loop: RouterLoop
@@ -149,11 +150,8 @@ class RouterTrainer(EpochLoop):
         per_rank = max(self.loop.batch_size // max(self.dist.world_size, 1), 1)
         batches = epoch_batches(len(self.train), per_rank, epoch, self.loop.seed, self.dist)
         total = 0.0
-        bar = tqdm(batches, desc=f"router epoch {epoch + 1}/{self.loop.epochs}", disable=not self.dist.is_main,
-                   leave=False)
-        for n, idx in enumerate(bar, 1):
+        for idx in batches:
             total += self.step(self.train.subset(idx))
-            bar.set_postfix(loss=f"{total / n:.4f}")
         return total / max(len(batches), 1)
 
     def step(self, batch: RouterSamples) -> float:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from utils.io import append_csv, truncate_csv
 
 LOGGER = logging.getLogger("dydet.train")
@@ -87,6 +89,7 @@ class EpochLoop:
     is_main: bool
     save_dir: Path
     script: str = "train.py"
+    epoch_bar: str | None = None  # a progress bar over the epochs, with this title (for short epochs)
 
     def fit(self) -> Any:
         """Train the remaining epochs; returns the last epoch's metrics (main process).
@@ -95,6 +98,8 @@ class EpochLoop:
         that resumes the run (the scripts print it as one line instead of a traceback).
         """
         metrics: Any = {}
+        bar = tqdm(total=self.epochs, initial=self.progress.epoch, desc=self.epoch_bar, unit="epoch",
+                   disable=not (self.is_main and self.epoch_bar))
         try:
             for epoch in range(self.progress.epoch, self.epochs):
                 t0 = time.time()
@@ -102,10 +107,15 @@ class EpochLoop:
                 if self.is_main:
                     metrics = self.end_epoch(epoch, loss, time.time() - t0)
                 self.progress.epoch = epoch + 1
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{_main_loss(loss):.4f}", refresh=False)
+                    bar.update()
         except TrainingInterrupted:
             raise
         except KeyboardInterrupt:
             raise TrainingInterrupted(self._resume_hint()) from None
+        finally:
+            bar.close()
         return metrics
 
     def _resume_hint(self) -> str:
@@ -121,3 +131,8 @@ class EpochLoop:
 
     def end_epoch(self, epoch: int, loss: Any, seconds: float) -> Any:
         raise NotImplementedError
+
+
+def _main_loss(loss: Any) -> float:
+    """An epoch's loss as one number: ``train_epoch`` returns a number or a dict with ``'loss'``."""
+    return float(loss["loss"] if isinstance(loss, dict) else loss)
