@@ -86,7 +86,7 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
                               batch_size=opt.batch_size, classes=opt.classes, agnostic_nms=opt.agnostic_nms,
                               max_det=opt.max_det)
     try:
-        for r in tqdm(results, desc="detect", unit="img"):
+        for r in tqdm(results, desc="detect", unit="img", total=src.expected_frames()):
             sink.write(r)
             tally.add(r)
             if sink.quit:

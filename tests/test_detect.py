@@ -109,7 +109,7 @@ def test_threshold_for_a_latency_target(weights: Path, folder: Path, tmp_path: P
 @pytest.mark.usefixtures("preloaded")
 def test_video_writes_an_annotated_video_and_per_frame_labels(weights: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+                                                              caplog: pytest.LogCaptureFixture, capsys) -> None:
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     video = write_video(tmp_path / "clip.avi", n_frames=3, fps=12)
@@ -123,6 +123,7 @@ def test_video_writes_an_annotated_video_and_per_frame_labels(weights: Path, tmp
     assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (48, 32)
     cap.release()
     assert sorted(_labels(out / "labels")) == ["clip_0", "clip_1", "clip_2"]
+    assert "3/3" in capsys.readouterr().err  # the progress bar knows the video's length
 
 
 @pytest.mark.usefixtures("preloaded")

@@ -183,3 +183,13 @@ def test_as_source_dispatch(media: Path) -> None:
     assert isinstance(as_source(str(media)), FileSource)
     with pytest.raises(SourceError, match="empty"):
         as_source([])
+
+
+def test_expected_frames_for_a_progress_bar(tmp_path: Path) -> None:
+    from tests.conftest import write_video
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
+    write_video(tmp_path / "b.avi", n_frames=4)
+    assert open_source(tmp_path).expected_frames() == 1 + 4
+    assert ArraySource([np.zeros((8, 8, 3), np.uint8)] * 3).expected_frames() == 3
+    (tmp_path / "c.mp4").write_bytes(b"not a video")  # announces no frame count: unknown
+    assert FileSource([tmp_path / "a.jpg", tmp_path / "c.mp4"]).expected_frames() is None

@@ -148,6 +148,22 @@ class FileSource:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def expected_frames(self) -> int | None:
+        """Images plus the frames each video announces (for a progress bar); None if a video
+        does not say. An estimate: undecodable files and frames are skipped when read."""
+        total = 0
+        for path in self.paths:
+            if path.suffix.lower() not in VID_SUFFIXES:
+                total += 1
+                continue
+            cap = cv2.VideoCapture(str(path))
+            n = _frame_count(cap)
+            cap.release()
+            if not n:
+                return None
+            total += n
+        return total
+
     def __iter__(self) -> Iterator[Frame]:
         for path in self.paths:
             try:
@@ -185,6 +201,10 @@ class CaptureSource:
     """
 
     live = True
+
+    def expected_frames(self) -> None:
+        """Unknown: webcams and streams go on until they stop."""
+        return None
 
     def __init__(self, targets: Sequence[int | str]) -> None:
         if not targets:
@@ -296,6 +316,9 @@ class ArraySource:
         self.items = list(items)
 
     def __len__(self) -> int:
+        return len(self.items)
+
+    def expected_frames(self) -> int:
         return len(self.items)
 
     def __iter__(self) -> Iterator[Frame]:
