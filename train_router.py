@@ -189,8 +189,8 @@ def calibrate(opt: Options) -> dict:
         model, _, info = _dynamic_model(opt, device, None)
     opt = _settle_size(opt, info, model)
     data = load_data_config(opt.data, require=("val",))
-    phi = difficulty_scores(model, _val_loader(opt, data, int(model.stride.max()), model.nc), device, "val φ")
-    calib = calibration_record(phi, img_size=opt.img_size, **route_costs(model, opt.img_size))
+    phi, paths = difficulty_scores(model, _val_loader(opt, data, int(model.stride.max()), model.nc), device, "val φ")
+    calib = calibration_record(phi, img_size=opt.img_size, images=paths, **route_costs(model, opt.img_size))
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok, mkdir=True)
     out = save_dir / "weights" / "calibrated.pt"
     meta = {"stage": "calibrated", "calibrated_from": str(opt.weights), "calibration_data": str(opt.data),

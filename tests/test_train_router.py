@@ -148,6 +148,20 @@ def test_calibrate_only_writes_a_new_checkpoint(stage1: dict, tmp_path: Path) ->
         resolve_threshold(None, calib, target_latency=calib["latency_ms"]["easy"] / 2)
 
 
+def test_stability_on_the_calibration_images_says_so(stage1: dict, tmp_path: Path, capsys) -> None:
+    import test as test_script
+    out = _run(stage1, tmp_path, "calib", calibrate=True)
+    assert out["thresholds"]["images_digest"]
+    kw = dict(weights=str(out["calibrated"]), img_size=IMG, workers=0, plots=False, project=str(tmp_path))
+    same = test_script.run(data=str(stage1["data"]), name="same", **kw)
+    assert "these are the images the dial was calibrated on" in capsys.readouterr().out
+    assert "stability" not in same["dynamic"]
+    other = make_demo_dataset(tmp_path / "other", n_train=2, n_val=4, img_size=IMG, seed=7)
+    held_out = test_script.run(data=str(other), name="other", **kw)
+    assert "Threshold stability (calibrated hard % -> hard % on these images)" in capsys.readouterr().out
+    assert set(held_out["dynamic"]["stability"]) == {10, 30, 50, 70, 90}
+
+
 def test_two_process_router_training_with_torchrun(stage1: dict, tmp_path: Path) -> None:
     repo = Path(train_router.__file__).resolve().parent
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train_router.py",

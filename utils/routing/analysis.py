@@ -12,6 +12,7 @@ from typing import Any
 
 from utils.evaluation.evaluate import EvalResult
 from utils.routing import report, sweep
+from utils.routing.calibration import images_digest
 from utils.routing.policy import machine_latency
 
 LOGGER = logging.getLogger("dydet.test")
@@ -29,7 +30,10 @@ def routing_analysis(result: EvalResult, model: Any, info: Mapping, threshold: f
         report.plot_phi_histogram(phi, save_dir / "phi_histogram.png", threshold)
         report.plot_phi_gallery(phi, result.paths, save_dir / "phi_gallery.jpg")
     stability = report.stability(calibration, phi)
-    if stability:
+    if stability and calibration.get("images_digest") == images_digest(result.paths):
+        print("Threshold stability: these are the images the dial was calibrated on, so pK sends K% of them "
+              "hard by construction; check the dial on held-out images")
+    elif stability:
         out["stability"] = stability
         print(report.format_stability(stability))
     if dy_sweep:

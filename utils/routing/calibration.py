@@ -13,9 +13,11 @@ so that no validation score sits on the threshold).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -133,11 +135,13 @@ def _pair(costs: RoutePair | None, name: str) -> tuple[float, float] | None:
 
 def calibration_record(phi, easy_ms: float | None = None, hard_ms: float | None = None,
                        easy_gflops: float | None = None, hard_gflops: float | None = None,
-                       img_size: int | None = None, n_images: int | None = None) -> dict:
+                       img_size: int | None = None, n_images: int | None = None,
+                       images: Iterable[str] | None = None) -> dict:
     """Plain-python dict for a checkpoint's ``thresholds`` entry (table plus route costs).
 
     Route costs are stored as {'easy', 'hard'} or None when not measured; ``n_images``
-    defaults to the number of scores.
+    defaults to the number of scores. ``images``: the calibration images' paths, stored as
+    :func:`images_digest` (so that a report on the same images can say they are those).
     """
     s = _scores(phi)
     return {
@@ -146,7 +150,14 @@ def calibration_record(phi, easy_ms: float | None = None, hard_ms: float | None 
         "gflops": _cost_entry(easy_gflops, hard_gflops, "GFLOPs"),
         "img_size": None if img_size is None else int(img_size),
         "n_images": int(s.size if n_images is None else n_images),
+        "images_digest": None if images is None else images_digest(images),
     }
+
+
+def images_digest(paths: Iterable[str]) -> str:
+    """A short fingerprint of a set of image files (their resolved paths, order ignored)."""
+    names = sorted(str(Path(p).resolve()) for p in paths)
+    return hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]
 
 
 def _cost_entry(easy: float | None, hard: float | None, name: str) -> dict[str, float] | None:

@@ -220,7 +220,8 @@ class DualResTrainer(EpochLoop):
                **{f"val/{k}": v for k, v in metrics.items()}, "loss_scale": self.loss_scale,
                "seconds": seconds}
         self.log.write(row, self.opt.epochs)
-        calib = calibration_record(phi, img_size=self.opt.img_size, **(self.costs or {}))
+        samples = self.val if self.val is not None else self.train
+        calib = calibration_record(phi, img_size=self.opt.img_size, images=samples.keys, **(self.costs or {}))
         self._save(epoch, improved, calib)
         return {**metrics, "thresholds": calib, "phi": phi}
 

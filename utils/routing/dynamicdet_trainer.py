@@ -77,14 +77,17 @@ def samples_on(model: nn.Module, loader, compute_loss: ComputeLoss, device: torc
 
 
 @torch.inference_mode()
-def difficulty_scores(model: nn.Module, loader, device: torch.device, desc: str = "φ") -> torch.Tensor:
-    """φ of every image ``loader`` yields (eval mode), as a float32 CPU tensor."""
+def difficulty_scores(model: nn.Module, loader, device: torch.device, desc: str = "φ"
+                      ) -> tuple[torch.Tensor, list[str]]:
+    """φ of every image ``loader`` yields (eval mode), as a float32 CPU tensor, and their paths."""
     model.eval()
-    parts = [model.difficulty(imgs.to(device).float() / 255.0).float().cpu()
-             for imgs, *_ in tqdm(loader, desc=desc, leave=False)]
+    parts, paths = [], []
+    for imgs, _, batch_paths, *_ in tqdm(loader, desc=desc, leave=False):
+        parts.append(model.difficulty(imgs.to(device).float() / 255.0).float().cpu())
+        paths += list(batch_paths)
     if not parts:
         raise ValueError(f"{desc}: no images")
-    return torch.cat(parts)
+    return torch.cat(parts), paths
 
 
 @dataclass
@@ -181,7 +184,7 @@ class RouterTrainer(EpochLoop):
         self.log.write({"epoch": epoch, "train/loss": train_loss, "val/router_loss": metrics["router_loss"],
                         "val/routed_loss": metrics["routed_loss"], "delta": self.delta,
                         "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": seconds}, self.loop.epochs)
-        calib = calibration_record(res.phi, img_size=self.loop.img_size, **self.costs)
+        calib = calibration_record(res.phi, img_size=self.loop.img_size, images=self.val.keys, **self.costs)
         self._save(epoch, improved, calib)
         return {**metrics, "thresholds": calib, "phi": res.phi}
 
