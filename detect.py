@@ -26,6 +26,8 @@ from utils.inference.writer import ResultWriter
 from utils.options import make_options, option, parse_options
 from utils import option_groups as groups
 from utils.paths import increment_path
+from utils.routing.calibration import requested_percent
+from utils.routing.drift import HardShareWatch
 from utils.validate import check_fraction
 from utils.weights.backends import settle_img_size
 
@@ -82,6 +84,8 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     sink = ResultWriter(save_dir, not opt.nosave, opt.save_txt, opt.save_conf, opt.view_img, opt.line_thickness,
                         opt.save_crop)
     tally = Tally(threshold=detector.threshold, img_size=img_size, route_names=detector.route_names)
+    k = requested_percent(opt.dy_thres) if detector.is_dynamic else None
+    watch = HardShareWatch(k) if k is not None else None  # does the dial hold on video frames?
     results = detector.stream(src, img_size=img_size, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
                               batch_size=opt.batch_size, classes=opt.classes, agnostic_nms=opt.agnostic_nms,
                               max_det=opt.max_det)
@@ -89,6 +93,8 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
         for r in tqdm(results, desc="detect", unit="img", total=src.expected_frames()):
             sink.write(r)
             tally.add(r)
+            if watch is not None and r.frame is not None and (message := watch.add(r.route == detector.route_names[1])):
+                LOGGER.warning("warning: %s", message)
             if sink.quit:
                 break
     except KeyboardInterrupt:  # the usual way to stop a webcam or stream

@@ -186,13 +186,20 @@ def _budget_threshold(calibration: Mapping | None, target: float, costs: RoutePa
                        f"({100 * k:.1f}% hard; easy {pair[0]:g}, hard {pair[1]:g} {unit})")
 
 
+def requested_percent(spec: str | float | None) -> float | None:
+    """K of a 'pK' threshold request (K% of images hard), else None."""
+    if not isinstance(spec, str):
+        return None
+    match = _PERCENT_SPEC.fullmatch(spec.strip().lower())
+    return float(match.group(1)) if match else None
+
+
 def _spec_threshold(spec: str | float, calibration: Mapping | None) -> tuple[float, str]:
     """Threshold from a number, a numeric string or a 'pK' percentile string."""
     if isinstance(spec, str):
         text = spec.strip().lower()
-        match = _PERCENT_SPEC.fullmatch(text)
-        if match:
-            k = float(match.group(1))
+        k = requested_percent(text)
+        if k is not None:
             threshold = table_threshold(_stored(calibration, "table") or {}, k)
             return threshold, f"threshold {threshold:.4g} ({k:g}% hard on the calibration images)"
         try:
