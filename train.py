@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from models.flops import model_summary
 from models.yolo import build_model
 from utils.cli import script_main
 from utils.data.config import hyp_for, load_data_config
@@ -32,7 +33,9 @@ from utils import option_groups as groups
 from utils.torch_utils import DistInfo, de_parallel, distributed_run, main_process_first, shared_run_dir
 from utils.train.resume import resume_options
 from utils.train.rng import seed_all
+from utils.train.loss import ComputeLoss, scale_loss_gains
 from utils.train.trainer import Trainer, TrainLoop
+from utils.train.validation import validation_losses
 from utils.runtime.openvino_model import is_openvino
 from utils.validate import check_img_size
 from utils.weights.backends import is_onnx, own_img_size
@@ -109,18 +112,22 @@ def _train(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt:
     opt.img_size = check_img_size(opt.img_size, stride)  # rounded up to the stride, with a warning
     train_loader, train_set, val_loader = _loaders(opt, data, hyp, stride, dist_info, len(names))
     save_dir = shared_run_dir(opt, dist_info)  # claimed once the run can start
+    if dist_info.is_main:
+        _announce(de_parallel(model), opt.img_size, save_dir)
     if dist_info.is_main and resume_ckpt is None:
         _prepare_run(opt, hyp, model, train_set, names, save_dir)
     loop = TrainLoop(opt.epochs, opt.batch_size, opt.img_size, adam=opt.adam, noval=opt.noval, plots=opt.plots,
                      save_period=opt.save_period)
-    trainer = Trainer(model, hyp, loop, train_loader, _validator(val_loader, names, save_dir, opt), save_dir,
-                      device, dist_info, names, record=options_dict(opt))
+    trainer = Trainer(model, hyp, loop, train_loader, _validator(val_loader, names, save_dir, opt, hyp, device),
+                      save_dir, device, dist_info, names, record=options_dict(opt))
     if resume_ckpt is not None:
         trainer.restore(extra)
     try:
         result = trainer.fit()
     finally:
         trainer.close()
+    if dist_info.is_main and result is not None:
+        print(result.table(names, verbose=True))  # the final validation, per class
     if dist_info.is_main and opt.plots:
         _plot_results(save_dir)
     return {"save_dir": save_dir, "last": save_dir / "weights" / "last.pt",
@@ -212,8 +219,18 @@ def _prepare_run(opt, hyp, model, train_set, names, save_dir: Path) -> None:
     atomic_write_text(save_dir / "opt.yaml", yaml.safe_dump(options_dict(opt), sort_keys=False))
 
 
-def _validator(val_loader, names: list[str], save_dir: Path, opt: Options):
-    """Scores the EMA model on the validation images after an epoch (plots after the last one)."""
+def _announce(model: torch.nn.Module, img_size: int, save_dir: Path) -> None:
+    """The run folder and what is trained, before the first epoch."""
+    s = model_summary(model, img_size)
+    routes = ", ".join(f"{route} {g:.2f}" for route, g in s["gflops"].items())
+    LOGGER.info("run folder: %s", save_dir)
+    LOGGER.info("%s: %s parameters, GFLOPs at %d px: %s", model.cfg.get("name", "model"), f"{s['params']:,}",
+                img_size, routes)
+
+
+def _validator(val_loader, names: list[str], save_dir: Path, opt: Options, hyp: dict, device: torch.device):
+    """Scores the EMA model on the validation images after an epoch (plots after the last one),
+    with its validation losses."""
     if val_loader is None:
         return None
     gflops: dict = {}
@@ -221,9 +238,12 @@ def _validator(val_loader, names: list[str], save_dir: Path, opt: Options):
     def validate(model: torch.nn.Module, epoch: int, final: bool) -> EvalResult:
         if not gflops:
             gflops.update(gflops_or_empty(model, opt.img_size))
-        return evaluate(model, val_loader, names, conf_thres=VAL.conf_thres, iou_thres=VAL.iou_thres,
-                        img_size=opt.img_size, gflops=gflops, time_routed=False,
-                        plot_dir=save_dir if final and opt.plots else None)
+        result = evaluate(model, val_loader, names, conf_thres=VAL.conf_thres, iou_thres=VAL.iou_thres,
+                          img_size=opt.img_size, gflops=gflops, time_routed=False,
+                          plot_dir=save_dir if final and opt.plots else None)
+        gains = scale_loss_gains(hyp, model.heads[0].nl, model.nc, opt.img_size)
+        result.losses = validation_losses(model, val_loader, ComputeLoss(model, gains), device)
+        return result
     return validate
 
 

@@ -39,9 +39,16 @@ def demo(tmp_path_factory) -> dict[str, Path]:
     return {"data": data, "fit": fit, "hyp": hyp_file, "root": root}
 
 
-def test_plots_and_event_files(demo: dict, tmp_path: Path) -> None:
-    out = train.run(cfg="yolov7-tiny", data=str(demo["data"]), hyp=str(demo["hyp"]), img_size=128, epochs=2,
-                    batch_size=8, workers=0, device="cpu", project=str(tmp_path), name="plots")
+def test_plots_and_event_files(demo: dict, tmp_path: Path, capsys, caplog) -> None:
+    import logging
+    with caplog.at_level(logging.INFO, logger="dydet.train"):
+        out = train.run(cfg="yolov7-tiny", data=str(demo["data"]), hyp=str(demo["hyp"]), img_size=128, epochs=2,
+                        batch_size=8, workers=0, device="cpu", project=str(tmp_path), name="plots")
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged[0] == f"run folder: {tmp_path / 'plots'}" and logged[1].startswith("yolov7-tiny: ")
+    assert [line.split()[0] for line in logged if line.split()[0] in ("epoch", "1/2", "2/2")] == ["epoch", "1/2", "2/2"]
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in ("circle", "square", "triangle", "cross"))  # the final per-class table
     d = out["save_dir"]
     for name in ("results.png", "labels.jpg", "train_batch0.jpg", "PR_curve.png", "confusion_matrix.png",
                  "test_batch0_labels.jpg", "test_batch0_pred.jpg"):
@@ -50,6 +57,7 @@ def test_plots_and_event_files(demo: dict, tmp_path: Path) -> None:
     rows = list(csv.DictReader(open(d / "results.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert "metrics/map50" in rows[0] and "train/total" in rows[0]
+    assert all(float(r["val/total"]) > 0 for r in rows)  # validation losses every epoch
 
 
 def _epochs_logged(run_dir: Path) -> list[int]:

@@ -61,6 +61,7 @@ class EvalResult:
     paths: list[str] = field(default_factory=list, repr=False)
     streams: dict[str, DetectionStats] = field(default_factory=dict, repr=False)
     predictions: list[tuple[str, np.ndarray]] = field(default_factory=list, repr=False)
+    losses: dict[str, float] = field(default_factory=dict)  # validation losses, when a trainer adds them
 
     def fitness(self) -> float:
         """Best-checkpoint score; a dynamic model scores the mean of its two detectors."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ class RunLog:
         self.csv = Path(save_dir) / "results.csv"
         self.title = title
         self.writer = _tensorboard(save_dir) if tensorboard else None
+        self.header_shown = False
 
     def resume_at(self, next_epoch: int) -> None:
         """Drop the rows of epochs >= ``next_epoch`` (logged, then killed before the checkpoint)."""
@@ -56,12 +58,46 @@ class RunLog:
                 if k != "epoch" and math.isfinite(v):
                     self.writer.add_scalar(k, v, row["epoch"])
             self.writer.flush()
-        LOGGER.info("%s %d/%d: %s", self.title, row["epoch"] + 1, epochs,
-                    ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+        shown = [k for k in row if on_console(k)]
+        if not self.header_shown:  # the console shows the rows as a table: the header once per run
+            LOGGER.info(table_line([self.title, *(column_name(k) for k in shown)]))
+            self.header_shown = True
+        LOGGER.info(table_line([f"{row['epoch'] + 1}/{epochs}", *(_cell(row[k]) for k in shown)]))
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+COLUMN_NAMES = {"metrics/precision": "P", "metrics/recall": "R", "metrics/map50": "mAP50", "metrics/map": "mAP"}
+CELL = 11  # characters per console column
+_PER_DETECTOR_ITEM = re.compile(r"(train|val)/(box|obj|cls)[12]")
+
+
+def on_console(key: str) -> bool:
+    """Whether a results.csv column is in the console table: all but the epoch (the row's first
+    cell) and each detector's box/obj/cls items (their totals are shown; the CSV keeps them all)."""
+    return key != "epoch" and not _PER_DETECTOR_ITEM.fullmatch(key)
+
+
+def column_name(key: str) -> str:
+    """A results.csv column as a short console heading: 'train/box' -> 'box', 'val/total' ->
+    'val total', 'metrics/detector2_map50' -> 'd2 mAP50'."""
+    if key in COLUMN_NAMES:
+        return COLUMN_NAMES[key]
+    group, _, name = key.rpartition("/")
+    if group == "metrics" and name.startswith("detector"):
+        det, _, metric = name.partition("_")
+        return f"d{det[-1]} {COLUMN_NAMES.get('metrics/' + metric, metric)}"
+    return f"val {name}" if group == "val" else name
+
+
+def table_line(cells: list[str]) -> str:
+    return "".join(f"{c:>{CELL}}" for c in cells)
+
+
+def _cell(value: float) -> str:
+    return "-" if not math.isfinite(value) else f"{value:.4g}"
 
 
 def _tensorboard(save_dir: Path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from utils.evaluation.evaluate import EvalResult
 from utils.torch_utils import DistInfo, ModelEMA, de_parallel, train_keep_frozen_bn
 from utils.train.loop import EpochLoop, Progress, RunLog
 from utils.train.loss import ComputeLoss, scale_loss_gains
+from utils.train.validation import mean_or_nan
 from utils.train.optim import build_optimizer, one_cycle, warmup
 from utils.train.rng import capture_rng, restore_rng
 from utils.weights.checkpoints import save_checkpoint
@@ -133,7 +135,9 @@ class Trainer(EpochLoop):
             bar.set_postfix(loss=f"{mloss[3]:.4f}")
             if epoch == 0 and i < 3 and self.dist.is_main and self.loop.plots:
                 _plot_train_batch(imgs, targets, paths, self.names, self.save_dir / f"train_batch{i}.jpg")
-        self.scheduler.step()
+        with warnings.catch_warnings():  # with gradient accumulation an epoch may end before the first step
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            self.scheduler.step()
         return mloss if mloss is not None else np.zeros(len(self.compute_loss.item_names))
 
     def _train_step(self, imgs: torch.Tensor, targets: torch.Tensor, step: int) -> np.ndarray:
@@ -169,6 +173,8 @@ class Trainer(EpochLoop):
     def _row(self, epoch: int, losses: np.ndarray, result: EvalResult | None, seconds: float) -> dict:
         row: dict[str, float] = {"epoch": epoch}
         row.update({f"train/{n}": float(v) for n, v in zip(self.compute_loss.item_names, losses)})
+        val = mean_or_nan(result.losses if result is not None else {}, self.compute_loss.item_names)
+        row.update({f"val/{n}": v for n, v in val.items()})
         for key in ("precision", "recall", "map50", "map"):
             row[f"metrics/{key}"] = float(getattr(result, key)) if result is not None else float("nan")
         routing = result.routing if result is not None else None
