@@ -38,6 +38,7 @@ from utils.routing.dualres_setup import attach_router, detector_loss, wrap_detec
 from utils.routing.dualres_trainer import DualResOptions, DualResTrainer
 from utils.routing.latency import route_costs
 from utils.routing.loss import STRATEGIES, estimate_offset
+from utils.routing.policy import choose_threshold
 from utils.routing.dynamicdet_trainer import RouterLoop, RouterTrainer, difficulty_scores, samples_on
 from utils.torch_utils import DistInfo, distributed_run, main_process_first, select_device, shared_run_dir
 from utils.train.loss import ComputeLoss, scale_loss_gains
@@ -84,8 +85,8 @@ class Options:
     router_from: str | None = option(None, "dualres: attach the trained router of this DualRes checkpoint "
                                            "(no training; calibrated on --data's val images)")
     scale: float = option(DUALRES.scale, "dualres: low resolution = scale x --img-size, rounded to the stride")
-    inner_threshold: float | None = option(None, "dualres around a Dy model: its routing threshold (default 0: "
-                                                 "always detector 2)")
+    inner_threshold: float | str | None = option(None, "dualres around a Dy model: its routing threshold, a number "
+                                                       "or pK from its calibration (default 0: always detector 2)")
     tau: float = option(DUALRES.tau, "dualres: Gumbel-Softmax temperature")
     gamma: float = option(DUALRES.gamma, "dualres: weight of the balance term (p - theta)^2")
     theta: float = option(DUALRES.theta, "dualres: target share of high-resolution images")
@@ -184,7 +185,7 @@ def calibrate(opt: Options) -> dict:
     device = select_device(opt.device)
     if opt.router_from:
         detector, info = _load(opt, opt.weights, device)
-        model = attach_router(detector, opt.router_from, opt.inner_threshold)
+        model = attach_router(detector, opt.router_from, _inner_threshold(opt, detector, info))
     else:
         model, _, info = _dynamic_model(opt, device, None)
     opt = _settle_size(opt, info, model)
@@ -211,6 +212,17 @@ def _load(opt: Options, path: str | Path, device: torch.device) -> tuple[torch.n
     return load_checkpoint(path, cfg=opt.cfg or zoo_cfg(path), device=device)
 
 
+def _inner_threshold(opt: Options, detector: torch.nn.Module, info: dict) -> float | None:
+    """--inner-threshold as a number: a 'pK' request resolved on the Dy detector's own calibration
+    (the routing policy every script uses)."""
+    if opt.inner_threshold is None or not detector.is_dynamic:
+        return opt.inner_threshold  # None, or a plain detector (DualResModel refuses the threshold)
+    size = settle_img_size(opt.img_size, info, int(detector.stride.max()))
+    threshold, how = choose_threshold(detector, info, size, dy_thres=opt.inner_threshold)
+    LOGGER.info("inner Dy detector routing: %s", how)
+    return threshold
+
+
 def _settle_size(opt: Options, info: dict, model: torch.nn.Module) -> Options:
     """--img-size, or the size the weights were trained at (see settle_img_size)."""
     return replace(opt, img_size=settle_img_size(opt.img_size, info, int(model.stride.max())))
@@ -235,8 +247,8 @@ def _dualres_model(opt: Options, device: torch.device, resume_ckpt: Path | None)
         model, info = _load(opt, resume_ckpt, device)
         return model, info["extra"], info
     detector, info = _load(opt, opt.weights, device)
-    model = wrap_detector(detector, kind=opt.router_kind, router_size=opt.router_size,
-                          router_weights=opt.router_weights, scale=opt.scale, inner_threshold=opt.inner_threshold)
+    model = wrap_detector(detector, kind=opt.router_kind, router_size=opt.router_size, router_weights=opt.router_weights,
+                          scale=opt.scale, inner_threshold=_inner_threshold(opt, detector, info))
     return model.to(device), {}, info
 
 

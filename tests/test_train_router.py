@@ -247,3 +247,16 @@ def test_one_progress_bar_counts_the_router_epochs(stage1: dict, tmp_path: Path,
     err = capsys.readouterr().err.replace("\r", "\n")
     bars = [line for line in err.splitlines() if line.startswith("router:")]
     assert bars and "3/3" in bars[-1] and "100%" in bars[-1] and "loss=" in bars[-1], bars[-3:]
+
+
+def test_dualres_around_a_dy_model_takes_its_inner_threshold_as_pk(stage1: dict, tmp_path: Path) -> None:
+    import numpy as np
+    from utils.routing.calibration import calibration_record, table_threshold
+    model, _ = load_checkpoint(stage1["weights"])
+    calib = calibration_record(np.linspace(0.1, 0.9, 17))
+    dy = save_checkpoint(tmp_path / "dy-calibrated.pt", model, names=NAMES, img_size=IMG, thresholds=calib)
+    out = _run(stage1, tmp_path, "inner", router="dualres", weights=str(dy), inner_threshold="p50", lr=3e-2)
+    dualres, _ = load_checkpoint(out["last"])
+    assert dualres.inner_threshold == pytest.approx(table_threshold(calib["table"], 50))
+    with pytest.raises(ValueError, match="not understood"):
+        _run(stage1, tmp_path, "bad", router="dualres", weights=str(dy), inner_threshold="half")
