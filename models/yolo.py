@@ -67,7 +67,7 @@ def list_models() -> dict[str, list[dict]]:
     configs = []
     for path in sorted(CFG_DIR.glob("*.yaml")):
         d = load_cfg(path)
-        configs.append({"name": path.stem, "kind": "dynamic" if "dynamic" in d else "plain", "nc": d.get("nc")})
+        configs.append({"name": path.stem, "kind": "dynamic" if "dynamic" in d else "dualres" if "dualres" in d else "plain", "nc": d.get("nc")})
     weights = []
     for name, e in registry().items():
         local = find_local(name)

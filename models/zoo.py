@@ -61,7 +61,7 @@ ZOO: Mapping[str, ZooEntry] = MappingProxyType({
 })
 
 # Demo models trained here on generated shapes (data/make_demo_data.py), shipped in weights/
-# (recipes: README Model zoo; scripts/make_dualres_demo.sh for the DualRes one).
+# (recipes: docs/training.md; scripts/make_dualres_demo.sh for the DualRes one).
 SHIPPED: Mapping[str, ZooEntry] = MappingProxyType({
     "demo-dy-yolov7-tiny.pt": ZooEntry(None, "dy-yolov7-tiny", 1 * MB, img_size=128,
                                        what="demo: 4 synthetic shapes (circle, square, triangle, cross)"),

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # How weights/demo-dualres-yolov7-tiny.pt was made (the exact commands, with their seeds), and the
-# side-by-side comparison on held-out images that the README reports. Run from anywhere:
+# side-by-side comparison on held-out images that docs/dualres.md reports. Run from anywhere:
 #     bash scripts/make_dualres_demo.sh [WORK_DIR]        # default /tmp/dualres_demo
 # About 16 minutes on one core: no detector is trained, only the router.
 #
 # The plain demo detector is detector 1 of the shipped Dy demo (weights/demo-dy-yolov7-tiny.pt):
-# that model was trained with --freeze-detector1 from the plain yolov7-tiny of the README recipe
+# that model was trained with --freeze-detector1 from the plain yolov7-tiny of the recipe in docs/training.md
 # (runs/train/demo-plain), so its detector 1 *is* that plain detector (fp16-rounded). Step 2 maps
 # its tensors back to a yolov7-tiny checkpoint (the inverse of the stage-1 warm start) and checks
 # that the plain model's predictions equal the Dy model's detector-1 route bit for bit.
@@ -85,6 +85,6 @@ python train_router.py --router dualres --weights weights/demo-dy-yolov7-tiny.pt
     --batch-size 16 --device cpu --workers 0 --project "$W/runs" --name dualres-on-dy2 --exist-ok
 python scripts/strip_checkpoint.py --src $W/runs/dualres-on-dy2/weights/calibrated.pt --dst $W/dualres-on-dy2.pt
 
-# 6. Side by side on the held-out images (the README table).
+# 6. Side by side on the held-out images (the table in docs/dualres.md).
 python scripts/compare_routers.py --data "$W/heldout/demo.yaml" --device cpu --workers 0 --project "$W/compare" \
     --weights weights/demo-dy-yolov7-tiny.pt weights/demo-dualres-yolov7-tiny.pt "$W/dualres-on-dy2.pt"

@@ -14,7 +14,7 @@ WEIGHTS = REPO / "weights" / "demo-dy-yolov7-tiny.pt"
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> dict:
-    """The accuracy-speed sweep on 120 fresh images (seed 2: neither training, validation nor README data)."""
+    """The accuracy-speed sweep on 120 fresh images (seed 2: neither training, validation nor the held-out images of the docs)."""
     root = tmp_path_factory.mktemp("fresh")
     data = make_demo_dataset(root / "data", n_train=0, n_val=120, img_size=128, seed=2)
     return test_script.run(weights=WEIGHTS, data=data, img_size=128, batch_size=16, workers=0, plots=False,

@@ -184,7 +184,7 @@ def _rss_mb() -> float:
 def test_long_video_keeps_resident_memory_flat(tmp_path: Path) -> None:
     """5000 frames through the source and the batcher: RSS after the first 500 and at the end.
 
-    A benchmark-style check (no timing): the growth printed is the README's figure."""
+    A benchmark-style check (no timing): the growth printed is the figure in docs/reliability.md."""
     n, warmup = 5000, 500
     video = _write_video(tmp_path / "long.avi", n)
     rss: dict[str, float] = {}

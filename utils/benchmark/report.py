@@ -1,4 +1,4 @@
-"""Markdown tables of a benchmark result (the README's Benchmark section explains the columns)."""
+"""Markdown tables of a benchmark result (docs/benchmark.md explains the columns)."""
 from __future__ import annotations
 
 from typing import Mapping, Sequence
