@@ -75,7 +75,7 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
         raise ValueError(f"{opt.weights} is already an ONNX export; pass the PyTorch weights")
     model, info = load_model(opt.weights, cfg=opt.cfg, device=opt.device)
     model = model.float().fuse().eval()
-    hw = _hw(opt.img_size, info)
+    hw = _hw(opt.img_size, info, int(model.stride.max()))
     threshold, free = _threshold(model, info, opt, max(hw))
     spec = ExportOptions(img_size=hw, batch_size=opt.batch_size, dynamic_batch=opt.dynamic_batch,
                          route=opt.route, threshold=threshold if threshold is not None else 0.5, thres_input=free,
@@ -113,14 +113,14 @@ def _threshold(model, info: dict, opt: Options, img_size: int) -> tuple[float | 
     return threshold, free
 
 
-def _hw(img_size: int | list[int] | None, info: dict) -> tuple[int, int]:
+def _hw(img_size: int | list[int] | None, info: dict, stride: int) -> tuple[int, int]:
     """(h, w) from one or two numbers; none: the weights' own size (one number: as the other scripts
     settle it, see :func:`utils.weights.backends.settle_img_size`)."""
     sizes = [] if img_size is None else [int(s) for s in ([img_size] if isinstance(img_size, int) else img_size)]
     if len(sizes) > 2:
         raise ValueError(f"--img-size takes one or two numbers (h w), got {sizes}")
     if len(sizes) < 2:
-        side = settle_img_size(sizes[0] if sizes else None, info)
+        side = settle_img_size(sizes[0] if sizes else None, info, stride)
         return side, side
     return sizes[0], sizes[1]
 

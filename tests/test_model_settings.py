@@ -59,6 +59,9 @@ def test_router_training_and_calibration_use_the_trained_size(trained: dict, tmp
     assert ckpt["train_opt"]["img_size"] == SIZE
     cal = train_router.run(calibrate=True, name="c", **common)
     assert read_checkpoint(cal["calibrated"])["img_size"] == SIZE and cal["thresholds"]["img_size"] == SIZE
+    scores = [test_script.run(weights=str(w), data=data, dy_thres=0.0, workers=0, plots=False, project=str(tmp_path),
+                              name=f"eval{i}")["map"] for i, w in enumerate((weights, cal["calibrated"]))]
+    assert scores[1] == scores[0]  # the calibrated file evaluates exactly as the file it came from
     dualres = train_router.run(router="dualres", epochs=1, batch_size=4, lr=1e-2, name="dr", **common)
     assert read_checkpoint(dualres["last"])["img_size"] == SIZE
 
@@ -73,6 +76,8 @@ def test_a_size_that_differs_from_the_trained_one_is_said_in_one_line(trained: d
     assert s["img_size"] == 128
     lines = [r.getMessage() for r in caplog.records if "differs from the 96 px" in r.getMessage()]
     assert lines == ["warning: --img-size 128 differs from the 96 px the weights were trained at"]
+    out = export.run(weights=weights, img_size=100, output=str(tmp_path / "dy100"))  # rounded up, as elsewhere
+    assert out["options"].img_size == (128, 128)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         train.run(weights=weights, data=str(trained["data"]), img_size=64, epochs=1, batch_size=4, workers=0,
