@@ -14,6 +14,7 @@ from utils.evaluation.evaluate import EvalResult
 from utils.routing import report, sweep
 from utils.routing.calibration import images_digest
 from utils.routing.policy import machine_latency
+from utils.routing.score_scale import mixing_warning, sweep_warning
 
 LOGGER = logging.getLogger("dydet.test")
 
@@ -29,6 +30,7 @@ def routing_analysis(result: EvalResult, model: Any, info: Mapping, threshold: f
     if plots:
         report.plot_phi_histogram(phi, save_dir / "phi_histogram.png", threshold)
         report.plot_phi_gallery(phi, result.paths, save_dir / "phi_gallery.jpg")
+    _warn_mixing(result)
     stability = report.stability(calibration, phi)
     if stability and calibration.get("images_digest") == images_digest(result.paths):
         print("Threshold stability: these are the images the dial was calibrated on, so pK sends K% of them "
@@ -44,4 +46,18 @@ def routing_analysis(result: EvalResult, model: Any, info: Mapping, threshold: f
         LOGGER.info("route latencies: %s", source)
         out["sweep"] = sweep.run_sweep(data, save_dir, gflops or None, latency, plots=plots)
         print(sweep.format_sweep(out["sweep"]))
+        if message := sweep_warning(out["sweep"]["points"]["router"]):
+            LOGGER.warning("warning: %s", message)
     return out
+
+
+def _warn_mixing(result: EvalResult) -> None:
+    """One line when the routed result scores clearly below both detectors on all images."""
+    r = result.routing
+    if r is None or not (r.detector1 and r.detector2) or not (r.easy and r.hard):
+        return
+    easy, hard = r.route_names
+    message = mixing_warning(result.map, {easy: r.detector1["map"], hard: r.detector2["map"]},
+                             f"{r.hard} of {r.easy + r.hard} images {hard}")
+    if message:
+        LOGGER.warning("warning: %s", message)
