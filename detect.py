@@ -52,6 +52,7 @@ class Options:
     dy_thres: float | str | None = groups.dy_thres()
     target_latency: float | None = groups.target_latency()
     remeasure_latency: bool = groups.remeasure_latency()
+    raw_scores: bool = groups.raw_scores()
     target_gflops: float | None = groups.target_gflops()
     batch_size: int = option(1, "images per forward pass")
     half: bool = groups.half()
@@ -74,7 +75,7 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
     check_fraction(opt.conf_thres, "--conf-thres")
     check_fraction(opt.iou_thres, "--iou-thres")
     src = open_source(DEMO_SOURCE if opt.source is None else opt.source)
-    detector = DyDet(opt.weights, cfg=opt.cfg, device=opt.device, half=opt.half,
+    detector = DyDet(opt.weights, cfg=opt.cfg, device=opt.device, half=opt.half, raw_scores=opt.raw_scores,
                      keep_freed_memory=True)  # a script owns its process
     img_size = settle_img_size(opt.img_size, detector.info, detector.stride)
     how = detector.set_threshold(opt.dy_thres, target_latency=opt.target_latency, target_gflops=opt.target_gflops,

@@ -21,6 +21,7 @@ from utils.data.sources import as_source
 from utils.defaults import DEMO_WEIGHTS, PREDICT
 from utils.inference.predictor import BatchPrediction, Predictor
 from utils.inference.results import Result
+from utils.inference.score_calibration import ScoreCalibration
 from utils.inference.setup import load_for_inference, run_precision
 from utils.inference.transform import Batch, LetterboxTransform
 from utils.routing.policy import choose_threshold
@@ -42,7 +43,9 @@ class DyDet:
     it natively (PyTorch autocast, or OpenVINO's bf16 precision for an IR); refused with a
     ValueError on a CPU without AVX512_BF16/AMX. ``keep_freed_memory``: let glibc keep freed
     activation memory mapped (a faster CPU fast path, but it changes malloc settings for the
-    whole process; off by default, as a library should leave the process alone).
+    whole process; off by default, as a library should leave the process alone). A dynamic
+    model's per-route score calibration (when its checkpoint holds one) maps each image's scores
+    by its route, unless ``raw_scores``.
 
     Thread safety: one object may be used from several threads. Image loading and
     post-processing run in parallel; the forward passes through the shared model are serialised
@@ -51,12 +54,14 @@ class DyDet:
     """
 
     def __init__(self, weights: str | Path = DEMO_WEIGHTS, cfg: str | None = None, device: str = "",
-                 fuse: bool = True, half: bool = False, keep_freed_memory: bool = False) -> None:
+                 fuse: bool = True, half: bool = False, keep_freed_memory: bool = False,
+                 raw_scores: bool = False) -> None:
         self.half = bool(half)
         self.lock = threading.Lock()  # one forward pass at a time through the shared model
         self.model, self.info = load_for_inference(weights, cfg=cfg, device=device, half=self.half, fuse=fuse,
                                                    keep_freed_memory=keep_freed_memory)
         self._threshold = float(self.model.threshold) if self.is_dynamic else None
+        self.score_calibration = None if raw_scores else ScoreCalibration.from_record(self.calibration)
 
     @property
     def img_size(self) -> int:
@@ -121,7 +126,8 @@ class DyDet:
         :meth:`predict`); the way to consume webcams and streams, which never end by themselves."""
         threshold = self._threshold if dy_thres is None else self._resolve(dy_thres)[0]
         predictor = Predictor(self.model, conf_thres=conf_thres, iou_thres=iou_thres, classes=classes,
-                              agnostic_nms=agnostic_nms, max_det=max_det, half=self.half)
+                              agnostic_nms=agnostic_nms, max_det=max_det, half=self.half,
+                              score_calibration=self.score_calibration)
         transform = self._transform(input_size(img_size, self.info))
         for batch in transform.batches(as_source(source), batch_size):
             with self.lock:

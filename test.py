@@ -20,6 +20,7 @@ from utils.data.datasets import create_dataloader
 from utils.defaults import BATCH, VAL, WORKERS
 from utils.evaluation.evaluate import EvalResult, evaluate, gflops_or_empty
 from utils.evaluation.metrics import coco_json_predictions
+from utils.inference.score_calibration import ScoreCalibration
 from utils.inference.setup import load_for_inference, run_precision
 from utils.io import atomic_write_text
 from utils.options import make_options, option, parse_options
@@ -51,6 +52,7 @@ class Options:
     target_gflops: float | None = groups.target_gflops()
     target_latency: float | None = groups.target_latency()
     remeasure_latency: bool = groups.remeasure_latency()
+    raw_scores: bool = groups.raw_scores()
     dy_sweep: bool = option(False, "dynamic models: score every hard fraction 0..100%% from one pass")
     workers: int = option(WORKERS, "dataloader workers")
     save_json: bool = option(False, "write COCO-format predictions.json")
@@ -93,7 +95,8 @@ def run(options: Options | None = None, /, **kwargs) -> dict:
         LOGGER.info("routing: %s", how)
     result = evaluate(model, loader, names, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
                       max_det=opt.max_det, threshold=threshold, img_size=img_size, gflops=gflops,
-                      plot_dir=save_dir if opt.plots else None, half=opt.half)
+                      plot_dir=save_dir if opt.plots else None, half=opt.half,
+                      score_calibration=None if opt.raw_scores else ScoreCalibration.from_record(info.get("thresholds")))
     metrics = {**result.to_dict(), "img_size": img_size}
     if model.is_dynamic:
         metrics["dynamic"].update(threshold=threshold, threshold_choice=how)

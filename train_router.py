@@ -29,6 +29,7 @@ from utils.cli import script_main
 from utils.data.config import hyp_for, load_data_config
 from utils.data.datasets import create_dataloader
 from utils.defaults import BATCH, DUALRES, ROUTER, WORKERS
+from utils.evaluation.evaluate import evaluate
 from utils.options import make_options, option, options_dict, parse_options
 from utils import option_groups as groups
 from utils.paths import increment_path
@@ -39,7 +40,8 @@ from utils.routing.dualres_trainer import DualResOptions, DualResTrainer
 from utils.routing.latency import route_costs
 from utils.routing.loss import STRATEGIES, estimate_offset
 from utils.routing.policy import choose_threshold
-from utils.routing.dynamicdet_trainer import RouterLoop, RouterTrainer, difficulty_scores, samples_on
+from utils.routing.score_fit import fit_score_calibration
+from utils.routing.dynamicdet_trainer import RouterLoop, RouterTrainer, samples_on
 from utils.torch_utils import DistInfo, distributed_run, main_process_first, select_device, shared_run_dir
 from utils.train.loss import ComputeLoss, scale_loss_gains
 from utils.train.resume import STATE_KEYS, resume_options
@@ -190,8 +192,11 @@ def calibrate(opt: Options) -> dict:
         model, _, info = _dynamic_model(opt, device, None)
     opt = _settle_size(opt, info, model)
     data = load_data_config(opt.data, require=("val",))
-    phi, paths = difficulty_scores(model, _val_loader(opt, data, int(model.stride.max()), model.nc), device, "val φ")
-    calib = calibration_record(phi, img_size=opt.img_size, images=paths, **route_costs(model, opt.img_size))
+    result = evaluate(model.eval(), _val_loader(opt, data, int(model.stride.max()), model.nc), list(model.names),
+                      img_size=opt.img_size, time_routed=False)  # φ and both routes' detections of every image
+    phi = result.phi
+    calib = calibration_record(phi, img_size=opt.img_size, images=result.paths, **route_costs(model, opt.img_size))
+    calib["score_calibration"] = _score_calibration(model, result)
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok, mkdir=True)
     out = save_dir / "weights" / "calibrated.pt"
     meta = {"stage": "calibrated", "calibrated_from": str(opt.weights), "calibration_data": str(opt.data),
@@ -200,6 +205,21 @@ def calibrate(opt: Options) -> dict:
     LOGGER.info("calibration on %d images (route latencies easy %.1f ms, hard %.1f ms) saved to %s",
                 len(phi), calib["latency_ms"]["easy"], calib["latency_ms"]["hard"], out)
     return {"save_dir": save_dir, "calibrated": out, "thresholds": calib}
+
+
+def _score_calibration(model: torch.nn.Module, result) -> dict | None:
+    """Per-route score maps fitted on the validation images' detections (None if one cannot be fitted)."""
+    streams = result.streams
+    easy, hard = model.route_names
+    try:
+        maps = fit_score_calibration({easy: streams["detector1"].preds, hard: streams["detector2"].preds},
+                                     streams["all"].gts)
+    except ValueError as e:  # e.g. a route without a single true detection
+        LOGGER.warning("warning: no score calibration: %s", e)
+        return None
+    LOGGER.info("score calibration (s' = sigmoid(a logit(s) + b)): %s",
+                ", ".join(f"{route} a={a:.3g} b={b:.3g}" for route, (a, b) in maps.maps.items()))
+    return maps.record()
 
 
 def _load(opt: Options, path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:

@@ -65,3 +65,8 @@ def target_latency() -> Any:
 
 def remeasure_latency() -> Any:
     return option(False, "--target-latency: measure the routes' latencies again")
+
+
+def raw_scores() -> Any:
+    return option(False, "dynamic models: the routes' raw scores, without the per-route score calibration "
+                         "the checkpoint may hold")

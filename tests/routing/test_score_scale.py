@@ -61,3 +61,35 @@ def test_test_py_warns_when_the_routes_scores_disagree(shrunk: dict, caplog) -> 
     assert min(p["map"] for p in router[1:-1]) < min(router[0]["map"], router[-1]["map"]) - 0.02
     lines = [r.getMessage() for r in caplog.records if "below both routes alone" in r.getMessage()]
     assert len(lines) == 1 and "confidence scores are on different scales" in lines[0]
+
+
+@pytest.mark.long(40)
+def test_score_calibration_repairs_the_mix_in_pytorch_and_in_an_export(shrunk: dict, caplog) -> None:
+    """train_router.py --calibrate fits a map per route on the 60 validation images; on 60 other
+    images the sweep then lies between the routes again and the router beats random."""
+    import logging
+
+    import export
+    import test as test_script
+    import train_router
+    from data.make_demo_data import make_demo_dataset
+    root = shrunk["root"]
+    cal = train_router.run(weights=str(shrunk["weights"]), data=str(shrunk["data"]), calibrate=True, workers=0,
+                           device="cpu", project=str(root), name="cal")
+    assert set(cal["thresholds"]["score_calibration"]) == {"easy", "hard"}
+    held_out = make_demo_dataset(root / "held-out", n_train=0, n_val=60, img_size=128, seed=6)
+    kw = dict(weights=str(cal["calibrated"]), data=str(held_out), dy_sweep=True, workers=0, plots=False,
+              project=str(root))
+    with caplog.at_level(logging.WARNING):
+        fixed = test_script.run(name="calibrated", **kw)["dynamic"]["sweep"]
+        raw = test_script.run(name="raw", raw_scores=True, **kw)["dynamic"]["sweep"]
+    assert fixed["auc_policy_router"] > fixed["auc_policy_random"] and fixed["auc_policy_router"] > 0.3
+    assert raw["auc_policy_router"] < 0 < fixed["auc_policy_router"]
+    warned = [r for r in caplog.records if "below both routes alone" in r.getMessage()]
+    assert len(warned) == 1  # the raw run only
+    # an export carries the maps in its metadata and its runtime applies them
+    onnx_path = export.run(weights=str(cal["calibrated"]), output=str(root / "dy"))["onnx"]
+    both = dict(data=str(held_out), dy_thres=0.0, workers=0, plots=False, project=str(root))
+    pt = test_script.run(weights=str(cal["calibrated"]), name="pt", **both)["map"]
+    ort = test_script.run(weights=str(onnx_path), name="ort", **both)["map"]
+    assert ort == pytest.approx(pt, abs=0.003)

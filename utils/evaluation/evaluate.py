@@ -21,6 +21,7 @@ from utils.defaults import VAL
 from utils.evaluation.evaluator import DetectionStats, ground_truth
 from utils.evaluation.metrics import fitness
 from utils.inference.predictor import BatchPrediction, Predictor
+from utils.inference.score_calibration import ScoreCalibration
 from utils.inference.transform import LetterboxTransform
 
 LOGGER = logging.getLogger("dydet.test")
@@ -119,17 +120,19 @@ def _scores_both(model: Any) -> bool:
 def evaluate(model: Any, loader, names: list[str], *, conf_thres: float = VAL.conf_thres,
              iou_thres: float = VAL.iou_thres, max_det: int = VAL.max_det, threshold: float | None = None,
              img_size: int, gflops: dict[str, float] | None = None, time_routed: bool = True,
-             plot_dir: Path | None = None, half: bool = False) -> EvalResult:
+             plot_dir: Path | None = None, half: bool = False,
+             score_calibration: ScoreCalibration | None = None) -> EvalResult:
     """Score ``model`` on every batch of ``loader`` (images, labels, paths, shapes).
 
     ``threshold`` routes dynamic models (default: the model's own); ``time_routed`` also runs (and times) the routed call
     when both detectors are scored; ``plot_dir`` receives the curves and three batch mosaics;
-    ``half`` runs a PyTorch model in fp16 (CUDA) or bf16 autocast (CPU with native bf16).
+    ``half`` runs a PyTorch model in fp16 (CUDA) or bf16 autocast (CPU with native bf16);
+    ``score_calibration`` maps each route's scores (:mod:`utils.inference.score_calibration`).
     """
     if threshold is None and model.is_dynamic:
         threshold = float(model.threshold)
     predictor = Predictor(model, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, multi_label=True,
-                          half=half)
+                          half=half, score_calibration=score_calibration)
     streams = {"all": DetectionStats(names)}
     if _scores_both(model):  # ONNX exports: routed results only
         streams.update(detector1=DetectionStats(names), detector2=DetectionStats(names))

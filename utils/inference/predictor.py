@@ -13,6 +13,7 @@ import torch
 from utils.cpu import require_bf16
 from utils.defaults import PREDICT
 from utils.inference.nms import non_max_suppression
+from utils.inference.score_calibration import ScoreCalibration
 from utils.inference.transform import LetterboxTransform
 from utils.torch_utils import time_sync
 
@@ -40,8 +41,9 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, *, conf_thres: float = PREDICT.conf_thres,
                  iou_thres: float = PREDICT.iou_thres, classes: Sequence[int] | None = None,
                  agnostic_nms: bool = False, max_det: int = PREDICT.max_det, multi_label: bool = False,
-                 half: bool = False) -> None:
+                 half: bool = False, score_calibration: ScoreCalibration | None = None) -> None:
         self.model = model.eval()
+        self.scores = score_calibration if model.is_dynamic and not model.end2end else None  # per-route maps
         p = next(model.parameters(), None) if hasattr(model, "parameters") else None
         device = p.device if p is not None else torch.device(getattr(model, "device", "cpu"))  # e.g. ONNX Runtime
         self.device = device
@@ -50,7 +52,9 @@ class Predictor:
         if self.half:
             self.model.half()
         check_half(model, half)
-        self.nms_kwargs = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes,
+        self.conf_thres = conf_thres
+        raw_conf = self.scores.raw_threshold(conf_thres) if self.scores is not None else conf_thres
+        self.nms_kwargs = dict(conf_thres=raw_conf, iou_thres=iou_thres, classes=classes,
                                agnostic_nms=agnostic_nms, max_det=max_det, multi_label=multi_label)
 
     def _forward(self, fn, x: torch.Tensor):
@@ -74,11 +78,20 @@ class Predictor:
             return pred
         return [p.float() for p in pred] if isinstance(pred, (list, tuple)) else pred.float()
 
-    def postprocess(self, pred: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
-        """NMS, unless the model already did it (end-to-end exports return per-image detections)."""
+    def postprocess(self, pred: torch.Tensor | list[torch.Tensor], routes: Sequence[str] | None = None
+                    ) -> list[torch.Tensor]:
+        """NMS, unless the model already did it (end-to-end exports return per-image detections);
+        with a score calibration, each image's scores mapped by its route (``routes``)."""
         if self.model.end2end:
             return list(pred)
-        return non_max_suppression(pred, **self.nms_kwargs)
+        dets = non_max_suppression(pred, **self.nms_kwargs)
+        if self.scores is None or routes is None:
+            return dets
+        return self.scores.apply(dets, routes, self.conf_thres)
+
+    def _routes(self, hard: torch.Tensor) -> list[str]:
+        easy, hard_name = self.model.route_names
+        return [hard_name if h else easy for h in hard.tolist()]
 
     @torch.inference_mode()
     def __call__(self, imgs: torch.Tensor, threshold: float | None = None) -> BatchPrediction:
@@ -92,7 +105,7 @@ class Predictor:
         else:
             pred, phi, hard = self._float(self._forward(self.model, x)), None, None
         t2 = time_sync()
-        dets = self.postprocess(pred)
+        dets = self.postprocess(pred, self._routes(hard) if hard is not None else None)
         t3 = time_sync()
         times = {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "nms": (t3 - t2) * 1e3}
         return BatchPrediction(dets, phi, hard, times)
@@ -104,7 +117,10 @@ class Predictor:
         t1 = time_sync()
         out = self._forward(self.model.forward_both, x)
         t2 = time_sync()
-        d1, d2 = self.postprocess(self._float(out.pred1)), self.postprocess(self._float(out.pred2))
+        easy, hard = self.model.route_names
+        n = len(x)
+        d1 = self.postprocess(self._float(out.pred1), [easy] * n)
+        d2 = self.postprocess(self._float(out.pred2), [hard] * n)
         t3 = time_sync()
         times = {"infer": (t2 - t1) * 1e3, "nms": (t3 - t2) * 1e3 / 2}
         return BatchPrediction(d1, out.phi, None, times), BatchPrediction(d2, out.phi, None, times)

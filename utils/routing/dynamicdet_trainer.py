@@ -18,7 +18,6 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 from utils.routing.dynamicdet_cache import RouterSamples, collect_samples
 from utils.routing.samples import epoch_batches
@@ -74,20 +73,6 @@ def samples_on(model: nn.Module, loader, compute_loss: ComputeLoss, device: torc
     """Every image's router input and losses (one pass, all processes' shares gathered)."""
     frozen_mode(model)
     return collect_samples(model, loader, compute_loss, device, desc, info.is_main).gather(info)
-
-
-@torch.inference_mode()
-def difficulty_scores(model: nn.Module, loader, device: torch.device, desc: str = "φ"
-                      ) -> tuple[torch.Tensor, list[str]]:
-    """φ of every image ``loader`` yields (eval mode), as a float32 CPU tensor, and their paths."""
-    model.eval()
-    parts, paths = [], []
-    for imgs, _, batch_paths, *_ in tqdm(loader, desc=desc, leave=False):
-        parts.append(model.difficulty(imgs.to(device).float() / 255.0).float().cpu())
-        paths += list(batch_paths)
-    if not parts:
-        raise ValueError(f"{desc}: no images")
-    return torch.cat(parts), paths
 
 
 @dataclass

@@ -4,7 +4,8 @@ COCO mAP ranks every detection of a data set by its score. When the two routes' 
 on different scales (one's 0.03 means what the other's 0.8 means), the images one route handles
 flood the ranking with confident false positives, and a routed mix scores *below both* routes
 run alone, where it should lie between them. Jointly trained detectors usually agree; a
-fine-tuned or frozen pair, or one detector at two resolutions, need not.
+fine-tuned or frozen pair, or one detector at two resolutions, need not. The repair is a score
+map per route (:mod:`utils.inference.score_calibration`), which ``train_router.py --calibrate`` fits.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ def mixing_warning(mixed: float, route_maps: Mapping[str, float], where: str) ->
         return None
     routes = " and ".join(f"{k} {v:.3f}" for k, v in route_maps.items())
     return (f"routed mAP@.5:.95 {mixed:.3f} ({where}) is below both routes alone ({routes}): their confidence "
-            "scores are on different scales, so mixing them in one ranking adds confident false positives; "
-            "train both routes together, or compare the routes' score distributions before relying on the dial")
+            "scores are on different scales, so mixing them in one ranking adds confident false positives; fit a "
+            "score map per route on validation images: python train_router.py --calibrate --weights W --data D")
 
 
 def sweep_warning(points: Sequence[Mapping]) -> str | None:
