@@ -169,6 +169,8 @@ def check_kills(script: str, make_cmd, data: dict, tmp_path: Path, seed: int) ->
 def test_train_resume_after_sigkill_is_bit_exact(data: dict, tmp_path: Path) -> None:
     for line in check_kills("train.py", train_cmd, data, tmp_path, seed=14):
         print(line)
+    again = resume("train.py", tmp_path / "killed0" / "weights" / "last.pt")  # a finished run: nothing to resume
+    assert again.returncode != 0 and "already finished" in again.stderr, again.stderr[-1000:]
 
 
 def test_router_resume_after_sigkill_is_bit_exact(data: dict, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """utils/routing/score_scale.py: a routed mix scoring below both routes alone is said so."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from utils.routing.score_scale import below_both, mixing_warning, sweep_warning
@@ -88,8 +89,15 @@ def test_score_calibration_repairs_the_mix_in_pytorch_and_in_an_export(shrunk: d
     warned = [r for r in caplog.records if "below both routes alone" in r.getMessage()]
     assert len(warned) == 1  # the raw run only
     # an export carries the maps in its metadata and its runtime applies them
+    from dydet import DyDet
     onnx_path = export.run(weights=str(cal["calibrated"]), output=str(root / "dy"))["onnx"]
-    both = dict(data=str(held_out), dy_thres=0.0, workers=0, plots=False, project=str(root))
-    pt = test_script.run(weights=str(cal["calibrated"]), name="pt", **both)["map"]
-    ort = test_script.run(weights=str(onnx_path), name="ort", **both)["map"]
-    assert ort == pytest.approx(pt, abs=0.003)
+    pt, ort = DyDet(cal["calibrated"], device="cpu"), DyDet(onnx_path)
+    assert ort.score_calibration == pt.score_calibration is not None
+    import cv2  # square images: letterboxed alike for PyTorch (any shape) and the export (a fixed 128x128)
+    images = [p for p in sorted((held_out.parent / "images" / "val").glob("*.jpg"))
+              if cv2.imread(str(p)).shape[0] == cv2.imread(str(p)).shape[1]][:4]
+    assert images
+    for a, b in zip(pt.predict(images, dy_thres=0.0, conf_thres=0.05), ort.predict(images, dy_thres=0.0, conf_thres=0.05)):
+        assert len(a) == len(b) and np.allclose(a.scores, b.scores, atol=2e-3)
+    raw = DyDet(onnx_path, raw_scores=True).predict(images, dy_thres=0.0, conf_thres=0.05)
+    assert sum(map(len, raw)) < sum(len(r) for r in ort.predict(images, dy_thres=0.0, conf_thres=0.05))
