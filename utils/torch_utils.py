@@ -80,6 +80,14 @@ def main_process_first(info: DistInfo) -> Iterator[None]:
         dist.barrier()
 
 
+def ddp_wrap(module: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+    """``module`` in DistributedDataParallel under torchrun (on its GPU when CUDA), else itself."""
+    if info.rank < 0:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    return DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def de_parallel(model: nn.Module) -> nn.Module:
     """The bare model inside DataParallel / DistributedDataParallel."""
     return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model

@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from utils.defaults import DUALRES
 from utils.evaluation.metrics import auc_policy
@@ -46,7 +45,7 @@ from utils.routing.dualres_cache import DualResSamples
 from utils.routing.gumbel import DualResLoss, dualres_objective, gumbel_sigmoid
 from utils.routing.latency import route_costs
 from utils.routing.loss import routed_loss
-from utils.torch_utils import DistInfo
+from utils.torch_utils import DistInfo, ddp_wrap
 from utils.train.loop import EpochLoop, Progress, RunLog
 from utils.weights.checkpoints import save_checkpoint
 
@@ -154,8 +153,7 @@ class DualResTrainer(EpochLoop):
             LOGGER.info("DualRes route costs at %d px (router included): %s", self.opt.img_size,
                         ", ".join(f"{k} {v:.4g}" for k, v in self.costs.items()))
         head = ThumbnailRouter(self.model.router)
-        self.router = DDP(head, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
-            if self.dist.rank >= 0 else head
+        self.router = ddp_wrap(head, self.dist, self.device)
 
     # ---- resume ------------------------------------------------------------------------
     def restore(self, extra: Mapping) -> None:

@@ -17,14 +17,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from utils.routing.dynamicdet_cache import RouterSamples, collect_samples
 from utils.routing.samples import epoch_batches
 from utils.routing.calibration import calibration_record
 from utils.routing.latency import route_costs
 from utils.routing.loss import routed_loss, router_objective
-from utils.torch_utils import DistInfo
+from utils.torch_utils import DistInfo, ddp_wrap
 from utils.train.loop import EpochLoop, Progress, RunLog
 from utils.train.loss import ComputeLoss
 from utils.weights.checkpoints import save_checkpoint
@@ -124,8 +123,7 @@ class RouterTrainer(EpochLoop):
             LOGGER.info("route costs at %d px: %s", self.loop.img_size,
                         ", ".join(f"{k} {v:.4g}" for k, v in self.costs.items()))
         head = PooledRouter(self.model.router)
-        self.router = DDP(head, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
-            if self.dist.rank >= 0 else head
+        self.router = ddp_wrap(head, self.dist, self.device)
 
     def restore(self, extra: dict) -> None:
         """Optimizer and counters from a last.pt (the router weights came with the model)."""

@@ -12,11 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from utils.evaluation.evaluate import EvalResult
-from utils.torch_utils import DistInfo, ModelEMA, de_parallel, train_keep_frozen_bn
+from utils.torch_utils import DistInfo, ModelEMA, ddp_wrap, de_parallel, train_keep_frozen_bn
 from utils.train.loop import EpochLoop, Progress, RunLog
 from utils.train.loss import ComputeLoss, scale_loss_gains
 from utils.train.validation import mean_or_nan
@@ -84,8 +83,7 @@ class Trainer(EpochLoop):
         base = de_parallel(self.model)
         gains = scale_loss_gains(self.hyp, base.heads[0].nl, base.nc, self.loop.img_size)
         self.compute_loss = ComputeLoss(base, gains)
-        self.train_model = DDP(self.model, device_ids=[self.device.index] if self.cuda else None) \
-            if self.dist.rank >= 0 else self.model
+        self.train_model = ddp_wrap(self.model, self.dist, self.device)
         self.log = RunLog(self.save_dir) if self.dist.is_main else None
 
     # ---- resume ------------------------------------------------------------------------
