@@ -40,6 +40,7 @@ from utils.routing.dualres_trainer import DualResOptions, DualResTrainer
 from utils.routing.latency import route_costs
 from utils.routing.loss import STRATEGIES, estimate_offset
 from utils.routing.policy import choose_threshold
+from utils.routing.samples import epochs_for
 from utils.routing.score_fit import fit_score_calibration
 from utils.routing.dynamicdet_trainer import RouterLoop, RouterTrainer, samples_on
 from utils.torch_utils import DistInfo, distributed_run, main_process_first, select_device, shared_run_dir
@@ -64,7 +65,13 @@ class Options:
     cfg: str = option("", "architecture of an official DynamicDet checkpoint")
     data: str = option("", "data YAML (YOLOv7 or Ultralytics form)")
     hyp: str = option("", "hyperparameter YAML for the loss gains (default: by model family)")
-    epochs: int | None = option(None, f"default {ROUTER.epochs} (dynamicdet), {DUALRES.epochs} (dualres)")
+    epochs: int | None = option(None, f"default: dynamicdet --steps optimizer steps, in epochs of at least "
+                                      f"{ROUTER.epoch_samples} samples (at least {ROUTER.min_epochs}); "
+                                      f"dualres {DUALRES.epochs}")
+    steps: int = option(ROUTER.steps, "dynamicdet: optimizer steps when --epochs is not given")
+    patience: int = option(ROUTER.patience, "dynamicdet: stop after this many epochs without a better "
+                                            "validation routed loss (0: never)")
+    epoch_samples: int = option(0, hidden=True)  # samples per epoch when the schedule came from --steps
     batch_size: int | None = option(None, f"total over all processes; default {BATCH['train_router']} "
                                           f"(dynamicdet), {DUALRES.batch_size} (dualres)")
     img_size: int | None = option(None, "input size (default: the size the weights were trained at, else 640)")
@@ -132,11 +139,16 @@ def _train_dynamicdet(opt: Options, device: torch.device, dist_info: DistInfo, r
     val = samples_on(model, val_loader, compute_loss, device, DistInfo(), "val: detectors") if val_loader else None
     delta = float(extra["delta"]) if "delta" in extra else estimate_offset(train.l1, train.l2)
     LOGGER.info("adaptive offset Δ = median(L1 - L2) = %.5g over %d training images", delta, len(train))
-    loop = RouterLoop(opt.epochs, opt.batch_size, opt.img_size, opt.lr, opt.weight_decay, opt.strategy, opt.seed)
+    opt = _schedule(opt, len(train))
+    loop = RouterLoop(opt.epochs, opt.batch_size, opt.img_size, opt.lr, opt.weight_decay, opt.strategy, opt.seed,
+                      epoch_samples=opt.epoch_samples, patience=opt.patience)
     trainer = RouterTrainer(model, loop, delta, train, val, save_dir, device, dist_info, record=options_dict(opt))
     if resume_ckpt is not None:
         trainer.restore(extra)
     metrics = trainer.fit()
+    if dist_info.is_main and (moved := trainer.movement()) < 1e-3:
+        LOGGER.warning("warning: the router's weights barely moved (by at most %.1e of their size), so it routes as "
+                       "it did before training; raise --lr or --steps", moved)
     return {"save_dir": save_dir, "last": save_dir / "weights" / "last.pt", "best": save_dir / "weights" / "best.pt",
             "delta": delta, "metrics": metrics}
 
@@ -166,12 +178,23 @@ def _train_dualres(opt: Options, device: torch.device, dist_info: DistInfo, resu
 
 ROUTERS = {"dynamicdet": _train_dynamicdet, "dualres": _train_dualres}
 ROUTER_DEFAULTS = {
-    "dynamicdet": {"epochs": ROUTER.epochs, "batch_size": BATCH["train_router"], "lr": ROUTER.lr,
-                   "weight_decay": ROUTER.weight_decay},
+    "dynamicdet": {"batch_size": BATCH["train_router"], "lr": ROUTER.lr, "weight_decay": ROUTER.weight_decay},
     "dualres": {"epochs": DUALRES.epochs, "batch_size": DUALRES.batch_size, "lr": DUALRES.lr,
                 "weight_decay": DUALRES.weight_decay},
 }
 RESUME_KEYS = {"dynamicdet": frozenset({"delta"}), "dualres": frozenset({"scheduler", "loss_scale"})}
+
+
+def _schedule(opt: Options, n_train: int) -> Options:
+    """--epochs as given, or the epochs that make --steps optimizer steps (small data: several
+    passes per epoch, so that validation and checkpoints come every few thousand samples)."""
+    if opt.epochs is not None:
+        return opt
+    epochs = epochs_for(opt.steps, n_train, opt.batch_size, ROUTER.epoch_samples, ROUTER.min_epochs)
+    LOGGER.info("router schedule: %d optimizer steps of %d samples = %d epochs of at least %d samples, stopping "
+                "after %d epochs without a better validation routed loss", opt.steps, opt.batch_size, epochs,
+                max(ROUTER.epoch_samples, n_train), opt.patience)
+    return replace(opt, epochs=epochs, epoch_samples=ROUTER.epoch_samples)
 
 
 def _data(opt: Options, model: torch.nn.Module):

@@ -260,3 +260,27 @@ def test_dualres_around_a_dy_model_takes_its_inner_threshold_as_pk(stage1: dict,
     assert dualres.inner_threshold == pytest.approx(table_threshold(calib["table"], 50))
     with pytest.raises(ValueError, match="not understood"):
         _run(stage1, tmp_path, "bad", router="dualres", weights=str(dy), inner_threshold="half")
+
+
+def test_default_schedule_counts_steps_and_stops_early(stage1: dict, tmp_path: Path, caplog) -> None:
+    """Without --epochs: --steps optimizer steps in epochs of at least 4,000 samples (8 images: 500
+    passes), stopping once the validation routed loss has not improved for --patience epochs."""
+    import logging
+    with caplog.at_level(logging.INFO):
+        out = train_router.run(weights=str(stage1["weights"]), data=str(stage1["data"]), img_size=IMG, workers=0,
+                               device="cpu", project=str(tmp_path), name="steps", steps=2000, patience=1, lr=0.0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("router schedule: 2000 optimizer steps of 8 samples = 4 epochs") for m in messages)
+    assert _epochs_logged(out["save_dir"]) == [0, 1]  # lr 0: epoch 2 is no better than epoch 1, so it stops
+    assert any(m.startswith("stopped after epoch 2: no better validation routed loss for 1 epochs") for m in messages)
+    opts = read_checkpoint(out["last"])["train_opt"]
+    assert opts["epochs"] == 4 and opts["epoch_samples"] == 4000  # kept for --resume
+    moved = [m for m in messages if "the router's weights barely moved" in m]
+    assert len(moved) == 1 and "raise --lr or --steps" in moved[0]
+
+
+def test_a_router_that_learns_says_nothing_about_moving(stage1: dict, tmp_path: Path, caplog) -> None:
+    import logging
+    with caplog.at_level(logging.WARNING):
+        _run(stage1, tmp_path, "moves", epochs=2, lr=1e-2)
+    assert not [r for r in caplog.records if "barely moved" in r.getMessage()]

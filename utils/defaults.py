@@ -48,10 +48,22 @@ WORKERS = 8
 
 @dataclass(frozen=True)
 class RouterTraining:
-    """Stage 2 of DynamicDet (paper Sec. 3.3): AdamW at a constant learning rate."""
+    """Stage 2 of DynamicDet (paper Sec. 3.3): AdamW at a constant learning rate, on cached samples.
 
-    epochs: int = 2
-    lr: float = 1e-5
+    The schedule is counted in optimizer steps, so that it learns on small data as on large:
+    ``steps`` in all, in epochs that pass over at least ``epoch_samples`` samples (a small data
+    set several times), at least two epochs, stopping early after ``patience`` epochs without a
+    better validation routed loss. Measured on the demo data (800 training images): the paper's
+    2 epochs at 1e-5 leave the router where it started (held-out AUC-Policy 0.517 vs random
+    0.515); 50k steps at 1e-4 reach 0.648. The paper's COCO recipe is ``--epochs 2 --lr 1e-5
+    --batch-size 1``.
+    """
+
+    steps: int = 50_000
+    epoch_samples: int = 4_000
+    min_epochs: int = 2
+    patience: int = 20
+    lr: float = 1e-4
     weight_decay: float = 5e-3
 
 

@@ -15,7 +15,7 @@ from utils.routing.dynamicdet_cache import RouterSamples, collect_samples
 from utils.routing.samples import epoch_batches
 from utils.routing.loss import router_objective
 from tests.routing.batches import route_batch, to_batch
-from utils.routing.dynamicdet_trainer import PooledRouter, RouterTrainer, frozen_mode
+from utils.routing.dynamicdet_trainer import PooledRouter, RouterLoop, RouterTrainer, frozen_mode
 from utils.torch_utils import DistInfo
 from utils.train.loss import ComputeLoss, scale_loss_gains
 
@@ -75,8 +75,7 @@ def test_a_step_on_samples_has_the_gradient_of_a_step_on_images(setup) -> None:
 def test_training_epochs_never_run_the_detectors(setup, tmp_path: Path, monkeypatch) -> None:
     model = setup.model
     samples = collect_samples(model, setup.loader, setup.loss, torch.device("cpu"), show=False)
-    opt = SimpleNamespace(lr=1e-2, weight_decay=0.0, img_size=IMG, epochs=3, batch_size=4, strategy="adaptive",
-                          seed=0)
+    opt = RouterLoop(epochs=3, batch_size=4, img_size=IMG, lr=1e-2, weight_decay=0.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
     def forbidden(*args, **kwargs):
@@ -111,3 +110,18 @@ def test_gather_keeps_each_image_once_in_path_order() -> None:
     assert g.keys == ["a.jpg", "b.jpg", "c.jpg"] and g.l1.tolist() == [2.0, 1.0, 3.0]
     assert torch.equal(g.pooled, pooled[[1, 0, 2]])
     assert g.subset(torch.tensor([2, 0])).keys == ["c.jpg", "a.jpg"]
+
+
+def test_small_data_epochs_pass_over_the_samples_several_times() -> None:
+    from utils.routing.samples import epochs_for
+    single = DistInfo()
+    batches = epoch_batches(10, 4, 0, 0, single, min_samples=25)  # 3 passes of 10
+    order = torch.cat(batches)
+    assert len(order) == 30 and sorted(order.tolist()) == sorted(list(range(10)) * 3)
+    assert not torch.equal(order[:10], order[10:20])  # each pass shuffled anew
+    ranks = [torch.cat(epoch_batches(10, 4, 0, 0, DistInfo(rank=r, local_rank=r, world_size=4), min_samples=25))
+             for r in range(4)]
+    assert {len(r) for r in ranks} == {8}  # 30 padded to 32, split evenly
+    assert epochs_for(50_000, 800, 8, 4_000, 2) == 100  # 500 steps per epoch
+    assert epochs_for(50_000, 118_000, 8, 4_000, 2) == 4  # COCO: one pass an epoch
+    assert epochs_for(100, 80, 8, 4_000, 2) == 2  # at least min_epochs

@@ -29,3 +29,13 @@ def test_rows_print_as_a_table_with_the_header_once(tmp_path: Path, caplog) -> N
     assert len({len(line) for line in lines}) == 1  # aligned columns
     rows = read_csv(tmp_path / "results.csv")
     assert len(rows) == 3 and "train/box1" in rows[0]  # the CSV keeps every column
+
+
+def test_long_column_names_widen_their_column(tmp_path: Path, caplog) -> None:
+    log = RunLog(tmp_path, tensorboard=False, title="router epoch")
+    with caplog.at_level(logging.INFO, logger="dydet.train"):
+        log.write({"epoch": 0, "val/router_loss": 0.123, "lr": 1e-4}, epochs=2)
+        log.write({"epoch": 1, "val/router_loss": 0.1, "lr": 1e-4}, epochs=2)
+    header, *rows = [r.getMessage() for r in caplog.records]
+    assert "router epoch" in header and " val router_loss " in header + " "
+    assert all(len(row) == len(header) for row in rows) and rows[0].split() == ["1/2", "0.123", "0.0001"]

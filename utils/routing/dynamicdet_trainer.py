@@ -85,6 +85,8 @@ class RouterLoop:
     weight_decay: float
     strategy: str = "adaptive"
     seed: int = 0
+    epoch_samples: int = 0  # an epoch passes over at least this many samples (small data: several passes)
+    patience: int = 0  # stop after this many epochs without a better validation routed loss (0: never)
 
 
 @dataclass
@@ -124,17 +126,37 @@ class RouterTrainer(EpochLoop):
                         ", ".join(f"{k} {v:.4g}" for k, v in self.costs.items()))
         head = PooledRouter(self.model.router)
         self.router = ddp_wrap(head, self.dist, self.device)
+        self.start = {k: v.detach().clone() for k, v in self.model.router.state_dict().items()}
+        self.best_epoch = -1
 
     def restore(self, extra: dict) -> None:
         """Optimizer and counters from a last.pt (the router weights came with the model)."""
         self.optimizer.load_state_dict(extra["optimizer"])
         self.progress = Progress(int(extra["epoch"]) + 1, float(extra["best_fitness"]))
+        self.best_epoch = int(extra.get("best_epoch", extra["epoch"]))
         if self.dist.is_main:
             self.log.resume_at(self.progress.epoch)
 
+    def stop_early(self, epoch: int) -> bool:
+        """After ``loop.patience`` epochs without a better validation routed loss (decided on the
+        main process, which validates, and shared with the others)."""
+        flag = [self.is_main and self.loop.patience > 0 and epoch - self.best_epoch >= self.loop.patience]
+        if self.dist.rank >= 0:
+            torch.distributed.broadcast_object_list(flag, src=0)
+        if flag[0] and self.is_main:
+            LOGGER.info("stopped after epoch %d: no better validation routed loss for %d epochs (best: epoch %d, "
+                        "in best.pt)", epoch + 1, self.loop.patience, self.best_epoch + 1)
+        return bool(flag[0])
+
+    def movement(self) -> float:
+        """How far the router's weights moved since the start: max |change| / max |weight| per tensor."""
+        now = self.model.router.state_dict()
+        return max(float((now[k] - v).abs().max() / v.abs().max().clamp(min=1e-12))
+                   for k, v in self.start.items() if v.is_floating_point())
+
     def train_epoch(self, epoch: int) -> float:
         per_rank = max(self.loop.batch_size // max(self.dist.world_size, 1), 1)
-        batches = epoch_batches(len(self.train), per_rank, epoch, self.loop.seed, self.dist)
+        batches = epoch_batches(len(self.train), per_rank, epoch, self.loop.seed, self.dist, self.loop.epoch_samples)
         total = 0.0
         for idx in batches:
             total += self.step(self.train.subset(idx))
@@ -164,6 +186,7 @@ class RouterTrainer(EpochLoop):
         metrics = {"router_loss": float(router_objective("adaptive", res.phi, res.l1, res.l2, self.delta)),
                    "routed_loss": float(np.mean([routed_loss(res.phi, res.l1, res.l2, k) for k in HARD_PERCENTS]))}
         improved = self.progress.improved(-metrics["routed_loss"])
+        self.best_epoch = epoch if improved else self.best_epoch
         self.log.write({"epoch": epoch, "train/loss": train_loss, "val/router_loss": metrics["router_loss"],
                         "val/routed_loss": metrics["routed_loss"], "delta": self.delta,
                         "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": seconds}, self.loop.epochs)
@@ -174,7 +197,8 @@ class RouterTrainer(EpochLoop):
     def _save(self, epoch: int, improved: bool, calib: dict) -> None:
         meta = {"epoch": epoch, "stage": "router", "strategy": self.loop.strategy, "delta": self.delta,
                 "run": str(self.save_dir)}
-        extra = {"epoch": epoch, "best_fitness": self.progress.best_fitness, "delta": self.delta,
+        extra = {"epoch": epoch, "best_fitness": self.progress.best_fitness, "best_epoch": self.best_epoch,
+                 "delta": self.delta,
                  "optimizer": self.optimizer.state_dict(), "train_opt": self.record}
         kw = {"names": self.model.names, "img_size": self.loop.img_size, "thresholds": calib, "meta": meta}
         save_checkpoint(self.wdir / "last.pt", self.model, extra=extra, **kw)

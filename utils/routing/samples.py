@@ -68,16 +68,27 @@ def collect(cls: type[T], loader, batch_fn: Callable[[torch.Tensor, torch.Tensor
     return cls(keys=keys, **dict(zip(cls.columns(), (torch.cat(t) for t in zip(*parts)))))
 
 
-def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, info: DistInfo) -> list[torch.Tensor]:
-    """This process's batches of sample positions for ``epoch``: a fresh shuffle of all ``n``.
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, info: DistInfo,
+                  min_samples: int = 0) -> list[torch.Tensor]:
+    """This process's batches of sample positions for ``epoch``: a fresh shuffle of all ``n``,
+    repeated (each pass shuffled anew) until the epoch holds at least ``min_samples``.
 
     Under DDP the permutation is padded (with its first entries) to a multiple of the world size
     and split round-robin, as ``DistributedSampler`` does, so every process takes the same
     number of steps.
     """
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n, generator=g)
+    passes = max(1, -(-min_samples // n)) if n else 1
+    order = torch.cat([torch.randperm(n, generator=g) for _ in range(passes)])
     if info.rank >= 0:
-        total = -(-n // info.world_size) * info.world_size
-        order = order.repeat(-(-total // n))[:total][info.rank::info.world_size]
+        total = -(-len(order) // info.world_size) * info.world_size
+        order = order.repeat(-(-total // len(order)))[:total][info.rank::info.world_size]
     return list(torch.split(order, max(batch_size, 1)))
+
+
+def epochs_for(steps: int, n: int, batch_size: int, min_samples: int, min_epochs: int) -> int:
+    """Epochs that give ``steps`` optimizer steps (at least ``min_epochs``) when an epoch passes
+    over ``max(n, min_samples)`` samples in batches of ``batch_size`` (see :func:`epoch_batches`)."""
+    passes = max(1, -(-min_samples // n)) if n else 1
+    per_epoch = -(-n * passes // max(batch_size, 1))
+    return max(min_epochs, -(-steps // max(per_epoch, 1)))

@@ -44,7 +44,7 @@ class RunLog:
         self.csv = Path(save_dir) / "results.csv"
         self.title = title
         self.writer = _tensorboard(save_dir) if tensorboard else None
-        self.header_shown = False
+        self.widths: list[int] = []  # console column widths, set by the header
 
     def resume_at(self, next_epoch: int) -> None:
         """Drop the rows of epochs >= ``next_epoch`` (logged, then killed before the checkpoint)."""
@@ -59,10 +59,11 @@ class RunLog:
                     self.writer.add_scalar(k, v, row["epoch"])
             self.writer.flush()
         shown = [k for k in row if on_console(k)]
-        if not self.header_shown:  # the console shows the rows as a table: the header once per run
-            LOGGER.info(table_line([self.title, *(column_name(k) for k in shown)]))
-            self.header_shown = True
-        LOGGER.info(table_line([f"{row['epoch'] + 1}/{epochs}", *(_cell(row[k]) for k in shown)]))
+        if not self.widths:  # the console shows the rows as a table: the header once per run
+            names = [self.title, *(column_name(k) for k in shown)]
+            self.widths = [max(CELL, len(n) + 1) for n in names]
+            LOGGER.info(table_line(names, self.widths))
+        LOGGER.info(table_line([f"{row['epoch'] + 1}/{epochs}", *(_cell(row[k]) for k in shown)], self.widths))
 
     def close(self) -> None:
         if self.writer is not None:
@@ -92,8 +93,8 @@ def column_name(key: str) -> str:
     return f"val {name}" if group == "val" else name
 
 
-def table_line(cells: list[str]) -> str:
-    return "".join(f"{c:>{CELL}}" for c in cells)
+def table_line(cells: list[str], widths: list[int]) -> str:
+    return "".join(f"{c:>{w}}" for c, w in zip(cells, widths))
 
 
 def _cell(value: float) -> str:
@@ -146,6 +147,8 @@ class EpochLoop:
                 if not bar.disable:
                     bar.set_postfix(loss=f"{_main_loss(loss):.4f}", refresh=False)
                     bar.update()
+                if self.stop_early(epoch):
+                    break
         except TrainingInterrupted:
             raise
         except KeyboardInterrupt:
@@ -153,6 +156,10 @@ class EpochLoop:
         finally:
             bar.close()
         return metrics
+
+    def stop_early(self, epoch: int) -> bool:
+        """Whether to end the run after ``epoch`` (a trainer with early stopping overrides this)."""
+        return False
 
     def _resume_hint(self) -> str:
         last = Path(self.save_dir) / "weights" / "last.pt"
