@@ -25,6 +25,7 @@ from models.yolo import build_model
 from utils.cli import script_main
 from utils.data.config import hyp_for, load_data_config
 from utils.data.datasets import create_dataloader
+from utils.data.image_set import image_set_record, merge_records
 from utils.defaults import BATCH, IMG_SIZE, VAL, WORKERS
 from utils.evaluation.evaluate import EvalResult, evaluate, gflops_or_empty
 from utils.io import atomic_write_text
@@ -102,7 +103,7 @@ def _train(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt:
     seed_all(opt.seed + max(dist_info.rank, 0))
     data = load_data_config(opt.data)
     names = ["item"] if opt.single_cls else data.names
-    model, extra = _model(opt, names, device, resume_ckpt)
+    model, extra, prior = _model(opt, names, device, resume_ckpt)
     hyp = extra.get("hyp") or hyp_for(model, opt.hyp)
     hyp["label_smoothing"] = opt.label_smoothing
     _freeze(de_parallel(model), opt.freeze, opt.freeze_detector1)
@@ -119,7 +120,8 @@ def _train(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt:
     loop = TrainLoop(opt.epochs, opt.batch_size, opt.img_size, adam=opt.adam, noval=opt.noval, plots=opt.plots,
                      save_period=opt.save_period)
     trainer = Trainer(model, hyp, loop, train_loader, _validator(val_loader, names, save_dir, opt, hyp, device),
-                      save_dir, device, dist_info, names, record=options_dict(opt))
+                      save_dir, device, dist_info, names, record=options_dict(opt),
+                      trained_on=merge_records(image_set_record(train_set.im_files), prior.get("trained_on")))
     if resume_ckpt is not None:
         trainer.restore(extra)
     try:
@@ -133,15 +135,17 @@ def _train(opt: Options, device: torch.device, dist_info: DistInfo, resume_ckpt:
     return {"save_dir": save_dir, "last": save_dir / "weights" / "last.pt",
             "best": save_dir / "weights" / "best.pt", "metrics": result.to_dict() if result else {}}
 
-def _model(opt, names: list[str], device: torch.device, resume_ckpt: Path | None) -> tuple[torch.nn.Module, dict]:
-    """A fresh model, one initialised from --weights, or the model of an interrupted run."""
+def _model(opt, names: list[str], device: torch.device, resume_ckpt: Path | None
+           ) -> tuple[torch.nn.Module, dict, dict]:
+    """A fresh model, one initialised from --weights, or the model of an interrupted run; with the
+    checkpoint's training entries and its meta (empty for a fresh model)."""
     if resume_ckpt is not None:
         model, info = load_checkpoint(resume_ckpt, device=device)
-        return model, info["extra"]
+        return model, info["extra"], info["meta"]
     if not opt.weights:
         if not opt.cfg:
             raise ValueError("give --cfg (architecture) and/or --weights")
-        return build_model(opt.cfg, names=names).to(device), {}
+        return build_model(opt.cfg, names=names).to(device), {}, {}
     model, info = load_checkpoint(attempt_download(opt.weights), cfg=opt.cfg or None)  # zoo names: downloaded
     own = own_img_size(info)
     if own and own != opt.img_size:  # fine-tuning keeps YOLO's 640 default, but says so
@@ -151,7 +155,7 @@ def _model(opt, names: list[str], device: torch.device, resume_ckpt: Path | None
         reinit = transfer_weights(model, fresh)
         LOGGER.info("transfer from %s: re-initialised %d class-dependent head tensors", opt.weights, len(reinit))
         model = fresh
-    return model.to(device), {}
+    return model.to(device), {}, info["meta"]
 
 
 def _freeze(model: torch.nn.Module, n: int, detector1: bool = False) -> None:

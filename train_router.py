@@ -41,6 +41,8 @@ from utils.routing.latency import route_costs
 from utils.routing.loss import STRATEGIES, estimate_offset
 from utils.routing.policy import choose_threshold
 from utils.routing.samples import epochs_for
+from utils.routing.phi_spread import spread_warning
+from utils.routing.router_data import lineage, router_split, seen_warning
 from utils.routing.score_fit import fit_score_calibration
 from utils.routing.dynamicdet_trainer import RouterLoop, RouterTrainer, samples_on
 from utils.torch_utils import DistInfo, distributed_run, main_process_first, select_device, shared_run_dir
@@ -134,6 +136,7 @@ def _train_dynamicdet(opt: Options, device: torch.device, dist_info: DistInfo, r
     data = _data(opt, model)
     compute_loss = ComputeLoss(model, scale_loss_gains(hyp_for(model, opt.hyp), model.heads[0].nl, model.nc, opt.img_size))
     train_loader, val_loader = _loaders(opt, data, int(model.stride.max()), dist_info, model.nc)
+    meta = _lineage(opt, data, info, train_loader, dist_info)
     save_dir = shared_run_dir(opt, dist_info)
     train = samples_on(model, train_loader, compute_loss, device, dist_info, "train: detectors")
     val = samples_on(model, val_loader, compute_loss, device, DistInfo(), "val: detectors") if val_loader else None
@@ -142,13 +145,16 @@ def _train_dynamicdet(opt: Options, device: torch.device, dist_info: DistInfo, r
     opt = _schedule(opt, len(train))
     loop = RouterLoop(opt.epochs, opt.batch_size, opt.img_size, opt.lr, opt.weight_decay, opt.strategy, opt.seed,
                       epoch_samples=opt.epoch_samples, patience=opt.patience)
-    trainer = RouterTrainer(model, loop, delta, train, val, save_dir, device, dist_info, record=options_dict(opt))
+    trainer = RouterTrainer(model, loop, delta, train, val, save_dir, device, dist_info, record=options_dict(opt),
+                            lineage=meta)
     if resume_ckpt is not None:
         trainer.restore(extra)
     metrics = trainer.fit()
     if dist_info.is_main and (moved := trainer.movement()) < 1e-3:
         LOGGER.warning("warning: the router's weights barely moved (by at most %.1e of their size), so it routes as "
                        "it did before training; raise --lr or --steps", moved)
+    if dist_info.is_main and trainer.best_phi is not None and (line := spread_warning(trainer.best_phi)):
+        LOGGER.warning(line)
     return {"save_dir": save_dir, "last": save_dir / "weights" / "last.pt", "best": save_dir / "weights" / "best.pt",
             "delta": delta, "metrics": metrics}
 
@@ -161,6 +167,7 @@ def _train_dualres(opt: Options, device: torch.device, dist_info: DistInfo, resu
     data = _data(opt, model)
     compute_loss = detector_loss(model, opt.img_size, opt.hyp)
     train_loader, val_loader = _loaders(opt, data, int(model.stride.max()), dist_info, model.nc)
+    meta = _lineage(opt, data, info, train_loader, dist_info)
     save_dir = shared_run_dir(opt, dist_info)
     train = collect_dualres(model, train_loader, compute_loss, device, "train: both resolutions",
                             dist_info.is_main).gather(dist_info)
@@ -168,7 +175,8 @@ def _train_dualres(opt: Options, device: torch.device, dist_info: DistInfo, resu
     loop = DualResOptions(epochs=opt.epochs, batch_size=opt.batch_size, lr=opt.lr, momentum=opt.momentum,
                           weight_decay=opt.weight_decay, tau=opt.tau, gamma=opt.gamma, theta=opt.theta,
                           normalize_losses=opt.normalize_losses, seed=opt.seed, img_size=opt.img_size)
-    trainer = DualResTrainer(model, loop, train, val, save_dir, device, dist_info, record=options_dict(opt))
+    trainer = DualResTrainer(model, loop, train, val, save_dir, device, dist_info, record=options_dict(opt),
+                             lineage=meta)
     if resume_ckpt is not None:
         trainer.restore(extra)
     metrics = trainer.fit()
@@ -218,11 +226,14 @@ def calibrate(opt: Options) -> dict:
     result = evaluate(model.eval(), _val_loader(opt, data, int(model.stride.max()), model.nc), list(model.names),
                       img_size=opt.img_size, time_routed=False)  # φ and both routes' detections of every image
     phi = result.phi
+    if line := spread_warning(phi):
+        LOGGER.warning(line)
     calib = calibration_record(phi, img_size=opt.img_size, images=result.paths, **route_costs(model, opt.img_size))
     calib["score_calibration"] = _score_calibration(model, result)
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok, mkdir=True)
     out = save_dir / "weights" / "calibrated.pt"
-    meta = {"stage": "calibrated", "calibrated_from": str(opt.weights), "calibration_data": str(opt.data),
+    meta = {**_carried(info.get("meta")), "stage": "calibrated", "calibrated_from": str(opt.weights),
+            "calibration_data": str(opt.data),
             "router_from": str(opt.router_from) if opt.router_from else None}
     save_checkpoint(out, model, names=model.names, img_size=opt.img_size, thresholds=calib, meta=meta)
     LOGGER.info("calibration on %d images (route latencies easy %.1f ms, hard %.1f ms) saved to %s",
@@ -301,12 +312,29 @@ def _loaders(opt, data, stride: int, dist_info: DistInfo, nc: int):
 
     Inference passes use twice the training batch (no gradients are kept).
     """
+    sources, split = router_split(data)
     per_rank = max(opt.batch_size // dist_info.world_size, 1)
     with main_process_first(dist_info):
-        train_loader, _ = create_dataloader(data.train, opt.img_size, per_rank * 2, stride, augment=False,
-                                            workers=opt.workers, prefix="train: ", rank=dist_info.rank,
+        train_loader, _ = create_dataloader(sources, opt.img_size, per_rank * 2, stride, augment=False,
+                                            workers=opt.workers, prefix=f"{split}: ", rank=dist_info.rank,
                                             world_size=dist_info.world_size, nc=nc)
+    if dist_info.is_main:
+        LOGGER.info("router training images: the %s split of %s (%d images)", split, opt.data,
+                    len(train_loader.dataset.im_files))
     return train_loader, _val_loader(opt, data, stride, nc) if dist_info.is_main else None
+
+
+def _carried(meta: dict | None) -> dict:
+    """The training records a checkpoint derived from ``meta``'s keeps."""
+    return {k: v for k, v in (meta or {}).items() if k in ("trained_on", "router_trained_on")}
+
+
+def _lineage(opt: Options, data, info: dict, train_loader, dist_info: DistInfo) -> dict:
+    """Warn when the router's images trained the detectors; the meta its checkpoints carry."""
+    files = train_loader.dataset.im_files
+    if dist_info.is_main and (line := seen_warning(info.get("meta"), files, router_split(data)[1], opt.data)):
+        LOGGER.warning(line)
+    return lineage(info.get("meta"), files)
 
 
 def _val_loader(opt, data, stride: int, nc: int):

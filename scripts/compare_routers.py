@@ -4,8 +4,10 @@
         --weights demo-dy-yolov7-tiny.pt demo-dualres-yolov7-tiny.pt
 
 For each weights file, test.py's sweep (--dy-sweep) on --data's val images: AUC-Policy of
-mAP@.5:.95 for the router and for random routing with the same shares, the GFLOPs range from 0%
-to 100% of images on the expensive route, and the mAP at both ends. Prints one markdown table.
+mAP@.5:.95 for the router, for random routing with the same shares and for the oracle (the images
+that gain most go first), the routing efficiency (router - random) / (oracle - random), the GFLOPs
+range from 0% to 100% of images on the expensive route, and the mAP at both ends. Prints one
+markdown table.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from utils.defaults import BATCH, WORKERS  # noqa: E402
 from utils.options import make_options, option, parse_options  # noqa: E402
 from utils import option_groups as groups  # noqa: E402
 
-COLUMNS = ("weights", "routes", "AUC-Policy router", "AUC-Policy random", "router - random", "GFLOPs range",
-           "mAP@.5:.95 cheap / expensive route")
+COLUMNS = ("weights", "routes", "AUC-Policy router", "AUC-Policy random", "router - random", "AUC-Policy oracle",
+           "efficiency", "GFLOPs range", "mAP@.5:.95 cheap / expensive route")
 
 
 @dataclass
@@ -55,6 +57,7 @@ def _row(weights: str, opt: Options) -> dict:
     auc, rand = sweep["auc_policy_router"], sweep["auc_policy_random"]
     return {"weights": Path(weights).name, "routes": "/".join(dyn["route_names"]), "auc_router": auc,
             "auc_random": rand, "gain": None if auc is None or rand is None else auc - rand,
+            "auc_oracle": sweep["auc_policy_oracle"], "efficiency": sweep["routing_efficiency"],
             "gflops": (router[0]["gflops"], router[-1]["gflops"]), "map": (router[0]["map"], router[-1]["map"])}
 
 
@@ -67,7 +70,8 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         cells = [f"`{r['weights']}`", r["routes"], _num(r["auc_router"]), _num(r["auc_random"]),
-                 ("+" if (r["gain"] or 0) >= 0 else "") + _num(r["gain"]),
+                 ("+" if (r["gain"] or 0) >= 0 else "") + _num(r["gain"]), _num(r["auc_oracle"]),
+                 _num(r["efficiency"], 2),
                  f"{r['gflops'][0]:.2f}–{r['gflops'][1]:.2f}", f"{r['map'][0]:.3f} / {r['map'][1]:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

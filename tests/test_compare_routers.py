@@ -30,6 +30,17 @@ def test_compares_a_dy_and_a_dualres_model(tmp_path: Path, capsys) -> None:
     assert [r["routes"] for r in rows] == ["easy/hard", "low/high"]
     for r in rows:
         assert r["gflops"][0] < r["gflops"][1]  # the cheap route first
+        assert {"auc_oracle", "efficiency"} <= set(r)
     table = capsys.readouterr().out
     assert "| `dy.pt` | easy/hard |" in table and "| `dr.pt` | low/high |" in table
+    assert "| router - random | AUC-Policy oracle | efficiency | GFLOPs range |" in table
     assert (tmp_path / "runs" / "dr" / "sweep.csv").is_file()
+
+
+def test_table_shows_the_oracle_and_the_efficiency() -> None:
+    row = {"weights": "m.pt", "routes": "easy/hard", "auc_router": 0.585, "auc_random": 0.517, "gain": 0.068,
+           "auc_oracle": 0.79, "efficiency": 0.2488, "gflops": (0.52, 0.84), "map": (0.16, 0.244)}
+    undefined = {**row, "weights": "n.pt", "auc_oracle": None, "efficiency": None}
+    lines = _script().markdown([row, undefined]).splitlines()
+    assert lines[2] == "| `m.pt` | easy/hard | 0.585 | 0.517 | +0.068 | 0.790 | 0.25 | 0.52–0.84 | 0.160 / 0.244 |"
+    assert "| +0.068 | — | — | 0.52–0.84 |" in lines[3]

@@ -284,3 +284,47 @@ def test_a_router_that_learns_says_nothing_about_moving(stage1: dict, tmp_path: 
     with caplog.at_level(logging.WARNING):
         _run(stage1, tmp_path, "moves", epochs=2, lr=1e-2)
     assert not [r for r in caplog.records if "barely moved" in r.getMessage()]
+
+
+def test_router_on_the_detectors_own_images_warns_and_a_router_split_does_not(stage1: dict, tmp_path: Path,
+                                                                               caplog) -> None:
+    import logging
+
+    import yaml
+
+    from utils.data.config import find_images, load_data_config
+    from utils.data.image_set import image_set_record
+    data = load_data_config(stage1["data"])
+    model, _ = load_checkpoint(stage1["weights"])
+    trained = save_checkpoint(tmp_path / "trained.pt", model, names=NAMES,
+                              meta={"trained_on": image_set_record(find_images(data.train))})
+    with caplog.at_level(logging.WARNING):
+        out = _run(stage1, tmp_path, "own", weights=str(trained))
+    seen = [r.getMessage() for r in caplog.records if "the detectors were trained on" in r.getMessage()]
+    assert len(seen) == 1 and "100% of the router's training images (train split of" in seen[0]
+    meta = read_checkpoint(out["best"])["meta"]
+    assert meta["trained_on"]["n"] == 8 and meta["router_trained_on"]["n"] == 8  # carried for later stages
+    held = make_demo_dataset(tmp_path / "held", n_train=0, n_val=6, img_size=IMG, seed=7)
+    spec = yaml.safe_load(Path(stage1["data"]).read_text())
+    spec["router"] = str(load_data_config(held, require=("val",)).val[0])
+    with_router = tmp_path / "with_router.yaml"
+    with_router.write_text(yaml.safe_dump({**spec, "path": str(data.path)}))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        out = _run(stage1, tmp_path, "held", weights=str(trained), data=str(with_router))
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "the detectors were trained on" in m]
+    assert any(m.startswith("router training images: the router split of") and "(6 images)" in m for m in messages)
+    assert read_checkpoint(out["best"])["meta"]["router_trained_on"]["n"] == 6
+
+
+def test_a_saturated_router_is_named_at_calibration(stage1: dict, tmp_path: Path, caplog) -> None:
+    import logging
+    model, _ = load_checkpoint(stage1["weights"])
+    with torch.no_grad():
+        model.router.layer2.bias.fill_(40.0)  # φ = 1 for every image
+    saturated = save_checkpoint(tmp_path / "saturated.pt", model, names=NAMES)
+    with caplog.at_level(logging.WARNING):
+        _run(stage1, tmp_path, "calib", weights=str(saturated), calibrate=True)
+    lines = [r.getMessage() for r in caplog.records if "φ has saturated" in r.getMessage()]
+    assert len(lines) == 1 and "100% above 0.999" in lines[0]

@@ -111,12 +111,13 @@ def test_sweep_equals_rerun_at_fixed_threshold(self_labelled: dict) -> None:
         assert rerun["map50"] == pytest.approx(point["map50"], abs=1e-9)
     with open(s["root"] / "sweep" / "sweep.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 22 and {r["policy"] for r in rows} == {"router", "random"}
+    assert len(rows) == 33 and {r["policy"] for r in rows} == {"oracle", "router", "random"}
     assert float(rows[0]["latency_ms"]) > 0 and float(rows[10]["gflops"]) > float(rows[0]["gflops"])
     for name in ("sweep_gflops.png", "sweep_latency.png", "phi_histogram.png", "phi_gallery.jpg"):
         assert (s["root"] / "sweep" / name).stat().st_size > 1000, name
-    for key in ("auc_policy_router", "auc_policy_random"):
+    for key in ("auc_policy_router", "auc_policy_random", "auc_policy_oracle"):
         assert sweep[key] is not None and np.isfinite(sweep[key])
+    assert sweep["auc_policy_oracle"] >= sweep["auc_policy_router"] and sweep["oracle_gain"] == "contribution"
 
 
 def test_sweep_needs_dynamic_model(self_labelled: dict, tmp_path: Path) -> None:
@@ -156,3 +157,52 @@ def test_fast_scoring_equals_full_coco_evaluation() -> None:
         full = coco_evaluate(data.gts, data.assemble(hard), data.names, image_sizes=data.sizes)
         fast = data.score(hard)
         assert (fast["map"], fast["map50"]) == pytest.approx((full["map"], full["map50"]), abs=1e-12)
+
+
+def test_auc_policy_is_undefined_when_the_routes_barely_differ() -> None:
+    from utils.routing.sweep import format_sweep, run_sweep
+    data = _data(20)
+    same = SweepData(data.names, data.gts, data.det2, data.det2, data.phi, data.sizes)  # both routes alike
+    with pytest.raises(ValueError, match="nothing for routing to gain"):
+        policy_auc(router_points(same))
+    assert policy_auc(router_points(data)) > 0.5  # a real gap stays defined
+
+
+def test_format_sweep_says_why_auc_is_undefined(tmp_path: Path) -> None:
+    from utils.routing.sweep import format_sweep, run_sweep
+    data = _data(20)
+    same = SweepData(data.names, data.gts, data.det2, data.det2, data.phi, data.sizes)
+    result = run_sweep(same, tmp_path, plots=False)
+    assert result["auc_policy_router"] is None and result["auc_policy_random"] is None
+    text = format_sweep(result)
+    assert "router: undefined" in text and "nothing for routing to gain" in text
+
+
+def test_run_sweep_adds_the_oracle_and_the_routing_efficiency(tmp_path: Path) -> None:
+    from utils.routing.sweep import format_sweep, run_sweep
+    data = _data(20)
+    noisy = SweepData(data.names, data.gts, data.det1, data.det2,
+                      np.where(np.arange(20) % 4 == 0, 1 - data.phi, data.phi), data.sizes)  # φ wrong on 1 in 4
+    result = run_sweep(noisy, tmp_path, gflops={"easy": 1.0, "hard": 2.0}, latency={"easy": 5.0, "hard": 9.0})
+    assert list(result["points"]) == ["oracle", "router", "random"]
+    oracle, router, rand = (result[f"auc_policy_{k}"] for k in ("oracle", "router", "random"))
+    assert oracle > router > rand
+    assert result["routing_efficiency"] == pytest.approx((router - rand) / (oracle - rand))
+    assert 0 < result["routing_efficiency"] < 1
+    with open(tmp_path / "sweep.csv", newline="") as f:
+        assert [r["policy"] for r in csv.DictReader(f)] == ["oracle"] * 11 + ["router"] * 11 + ["random"] * 11
+    assert (tmp_path / "sweep_gflops.png").stat().st_size > 1000
+    text = format_sweep(result)
+    assert "oracle mAP@.5:.95" in text.splitlines()[0]
+    assert f"{result['points']['oracle'][3]['map']:>19.3f}" in text.splitlines()[4]  # 30% hard, last column
+    assert (f"router: {router:.3f}, random: {rand:.3f}, oracle: {oracle:.3f}; "
+            f"routing efficiency {result['routing_efficiency']:.2f}") in text
+
+
+def test_format_sweep_says_when_efficiency_is_undefined(tmp_path: Path) -> None:
+    from utils.routing.sweep import format_sweep, run_sweep
+    data = _data(20)
+    same = SweepData(data.names, data.gts, data.det2, data.det2, data.phi, data.sizes)
+    result = run_sweep(same, tmp_path, plots=False)
+    assert result["auc_policy_oracle"] is None and result["routing_efficiency"] is None
+    assert "oracle: undefined; routing efficiency undefined" in format_sweep(result)

@@ -36,7 +36,7 @@ LOGGER = logging.getLogger(__name__)
 
 IMG_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff",
                           ".webp", ".pfm"})
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "router")  # router: images held out from the detectors, for train_router.py
 PathLike = Union[str, os.PathLike]
 Names = Union[Sequence[str], Mapping[int, str]]  # class names as a list or {id: name}
 
@@ -60,10 +60,11 @@ class DataConfig:
     train: list[Path] = field(default_factory=list)
     val: list[Path] = field(default_factory=list)
     test: list[Path] = field(default_factory=list)
+    router: list[Path] = field(default_factory=list)
     yaml_file: Path | None = None
 
     def split(self, name: str) -> list[Path]:
-        """The sources of split ``name`` (``train``, ``val`` or ``test``)."""
+        """The sources of split ``name`` (``train``, ``val``, ``test`` or ``router``)."""
         if name not in SPLITS:
             raise KeyError(f"unknown split {name!r}; expected one of {SPLITS}")
         return getattr(self, name)

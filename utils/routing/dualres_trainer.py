@@ -136,6 +136,7 @@ class DualResTrainer(EpochLoop):
     progress: Progress = field(default_factory=Progress)
     costs: dict | None = None  # calibration_record kwargs; measured on the main process when None
     record: dict | None = None  # the run's full options (train_router.py's), stored for --resume
+    lineage: dict = field(default_factory=dict)  # training-image records carried into the checkpoints' meta
 
     def __post_init__(self) -> None:
         self.save_dir = Path(self.save_dir)
@@ -224,7 +225,8 @@ class DualResTrainer(EpochLoop):
         return {**metrics, "thresholds": calib, "phi": phi}
 
     def _save(self, epoch: int, improved: bool, calib: dict) -> None:
-        meta = {"epoch": epoch, "stage": "dualres-router", "loss_scale": self.loss_scale, "run": str(self.save_dir)}
+        meta = {**self.lineage, "epoch": epoch, "stage": "dualres-router", "loss_scale": self.loss_scale,
+                "run": str(self.save_dir)}
         extra = {"epoch": epoch, "best_fitness": self.progress.best_fitness, "loss_scale": self.loss_scale,
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "train_opt": self.record if self.record is not None else asdict(self.opt)}

@@ -112,6 +112,7 @@ class RouterTrainer(EpochLoop):
     progress: Progress = field(default_factory=Progress)
     costs: dict = field(default_factory=dict)  # route latencies and GFLOPs stored with the calibration
     record: dict = field(default_factory=dict)
+    lineage: dict = field(default_factory=dict)  # training-image records carried into the checkpoints' meta
 
     def __post_init__(self) -> None:
         self.wdir = self.save_dir / "weights"
@@ -128,6 +129,7 @@ class RouterTrainer(EpochLoop):
         self.router = ddp_wrap(head, self.dist, self.device)
         self.start = {k: v.detach().clone() for k, v in self.model.router.state_dict().items()}
         self.best_epoch = -1
+        self.best_phi: torch.Tensor | None = None  # validation φ of the router in best.pt
 
     def restore(self, extra: dict) -> None:
         """Optimizer and counters from a last.pt (the router weights came with the model)."""
@@ -187,6 +189,7 @@ class RouterTrainer(EpochLoop):
                    "routed_loss": float(np.mean([routed_loss(res.phi, res.l1, res.l2, k) for k in HARD_PERCENTS]))}
         improved = self.progress.improved(-metrics["routed_loss"])
         self.best_epoch = epoch if improved else self.best_epoch
+        self.best_phi = res.phi if improved else self.best_phi
         self.log.write({"epoch": epoch, "train/loss": train_loss, "val/router_loss": metrics["router_loss"],
                         "val/routed_loss": metrics["routed_loss"], "delta": self.delta,
                         "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": seconds}, self.loop.epochs)
@@ -195,7 +198,7 @@ class RouterTrainer(EpochLoop):
         return {**metrics, "thresholds": calib, "phi": res.phi}
 
     def _save(self, epoch: int, improved: bool, calib: dict) -> None:
-        meta = {"epoch": epoch, "stage": "router", "strategy": self.loop.strategy, "delta": self.delta,
+        meta = {**self.lineage, "epoch": epoch, "stage": "router", "strategy": self.loop.strategy, "delta": self.delta,
                 "run": str(self.save_dir)}
         extra = {"epoch": epoch, "best_fitness": self.progress.best_fitness, "best_epoch": self.best_epoch,
                  "delta": self.delta,

@@ -3,7 +3,8 @@
 Both detectors' detections and φ are computed once per image (``Predictor.both``); the
 operating point "k% hard" then takes detector 2's detections on the k% highest-φ images and
 detector 1's on the rest, which is exactly what routed inference at that threshold returns.
-Random routing (the same hard counts, images drawn at random) is the baseline line.
+Random routing (the same hard counts, images drawn at random) is the baseline line, and the
+oracle (the images that gain most go hard first, :mod:`utils.routing.oracle`) the ceiling.
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ from utils.evaluation.metrics import (
 from utils.routing.calibration import threshold_table
 
 SWEEP_PERCENTS = tuple(range(0, 101, 10))
+# Below this gap between the all-easy and the all-hard mAP@.5:.95 AUC-Policy is not reported: Eq. 10
+# divides by the gap, so noise of a few thousandths would read as a large score either way.
+MIN_ROUTE_GAP = 0.005
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ class SweepData:
 
     def score(self, hard: np.ndarray) -> dict:
         """COCO mAP of the routed detections; per-image matches are computed once per detector."""
-        matched = self._matched()
+        matched = self.matches()
         if matched is None:
             return coco_evaluate(self.gts, self.assemble(hard), self.names, image_sizes=self.sizes)
         e1, e2 = matched
@@ -69,7 +73,7 @@ class SweepData:
         evaluator.evalImgs = [b if h else a for a, b, h in zip(e1.evalImgs, e2.evalImgs, np.tile(hard, reps))]
         return coco_stats(summarize_cocoeval(evaluator))
 
-    def _matched(self):
+    def matches(self):
         """Both detectors' COCOeval matches (None when one of them has no detections)."""
         if self._matches is None:
             pair = tuple(coco_matches(self.gts, d, self.names, self.sizes) for d in (self.det1, self.det2))
@@ -83,8 +87,9 @@ def _mean_cost(fraction: float, costs: Mapping[str, float] | None) -> float:
     return (1 - fraction) * float(costs["easy"]) + fraction * float(costs["hard"])
 
 
-def _point(data: SweepData, percent: float, threshold: float, hard: np.ndarray, gflops, latency,
-           scores: dict | None = None) -> SweepPoint:
+def operating_point(data: SweepData, percent: float, threshold: float, hard: np.ndarray, gflops, latency,
+                    scores: dict | None = None) -> SweepPoint:
+    """The point of routing ``hard`` images to detector 2 (``scores``: its mAP when already known)."""
     scores = scores or data.score(hard)
     f = float(hard.mean()) if hard.size else 0.0
     return SweepPoint(float(percent), float(threshold), f, scores["map50"], scores["map"],
@@ -100,7 +105,7 @@ def router_points(data: SweepData, gflops: Mapping[str, float] | None = None,
     for k in percents:
         thr = table[int(k)]
         hard = data.phi > thr if 0 < thr < 1 else np.full(data.phi.shape, thr <= 0)
-        points.append(_point(data, k, thr, hard, gflops, latency))
+        points.append(operating_point(data, k, thr, hard, gflops, latency))
     return points
 
 
@@ -119,7 +124,7 @@ def random_points(data: SweepData, gflops: Mapping[str, float] | None = None,
             hard[rng.choice(n, n_hard, replace=False)] = True
             draws.append(data.score(hard))
         mean = {m: float(np.mean([d[m] for d in draws])) for m in ("map50", "map")}
-        points.append(_point(data, k, float("nan"), hard, gflops, latency, scores=mean))
+        points.append(operating_point(data, k, float("nan"), hard, gflops, latency, scores=mean))
     return points
 
 
@@ -137,8 +142,15 @@ def policy_auc(points: Sequence[SweepPoint], metric: str = "map") -> float:
     """AUC-Policy (DualRes Eq. 10) of the points, with the hard fraction as the cost axis.
 
     Mean GFLOPs and latency are affine in the hard fraction, so all three give the same value.
+    Raises ValueError when the two ends differ by less than ``MIN_ROUTE_GAP`` (nothing to route for).
     """
     pts = distinct(points)
+    ends = sorted(pts, key=lambda p: p.hard_fraction)
+    if len(ends) >= 2 and abs(getattr(ends[-1], metric) - getattr(ends[0], metric)) < MIN_ROUTE_GAP:
+        gap = getattr(ends[-1], metric) - getattr(ends[0], metric)
+        raise ValueError(f"the hard route changes {metric} by only {gap:+.4f} over the easy route (less than "
+                         f"{MIN_ROUTE_GAP}): there is nothing for routing to gain on these images, and "
+                         "AUC-Policy, which divides by that gap, would be noise")
     return auc_policy([p.hard_fraction for p in pts], [getattr(p, metric) for p in pts])
 
 
@@ -169,30 +181,50 @@ def plot_sweep(rows: Mapping[str, Sequence[SweepPoint]], save_dir: Path) -> list
 def run_sweep(data: SweepData, save_dir: Path, gflops: Mapping[str, float] | None = None,
               latency: Mapping[str, float] | None = None, percents: Sequence[float] = SWEEP_PERCENTS,
               plots: bool = True) -> dict:
-    """Router and random-routing points, sweep.csv, plots and the AUC-Policy of each."""
-    rows = {"router": router_points(data, gflops, latency, percents),
+    """Oracle, router and random-routing points, sweep.csv, plots, the AUC-Policy of each and the
+    router's routing efficiency (:mod:`utils.routing.oracle`)."""
+    from utils.routing.oracle import oracle_points, routing_efficiency, sweep_gain
+    gain = sweep_gain(data)
+    rows = {"oracle": oracle_points(data, gflops, latency, percents, kind=gain),
+            "router": router_points(data, gflops, latency, percents),
             "random": random_points(data, gflops, latency, percents)}
     write_csv(rows, save_dir / "sweep.csv")
     if plots:
         plot_sweep(rows, save_dir)
-    out = {"points": {k: [asdict(p) for p in v] for k, v in rows.items()}}
+    out = {"points": {k: [asdict(p) for p in v] for k, v in rows.items()}, "oracle_gain": gain}
     for policy, points in rows.items():
         try:
             out[f"auc_policy_{policy}"] = policy_auc(points)
         except ValueError as e:  # e.g. both detectors equally good: Eq. 10 is undefined
             out[f"auc_policy_{policy}"] = None
             out["auc_policy_note"] = str(e)
+    aucs = (out[f"auc_policy_{k}"] for k in ("router", "random", "oracle"))
+    out["routing_efficiency"] = routing_efficiency(*aucs)
     return out
 
 
+def _value(value: float | None, digits: int = 3) -> str:
+    return "undefined" if value is None else f"{value:.{digits}f}"
+
+
 def format_sweep(result: Mapping) -> str:
-    """A printable table of the router's points and both AUC-Policy values."""
+    """A printable table of the router's points beside random's and the oracle's mAP, the AUC-Policy
+    of each and the routing efficiency."""
+    points = result["points"]
+    others = [k for k in ("random", "oracle") if k in points]
     lines = [f"{'hard %':>7}{'threshold':>11}{'mAP@.5':>9}{'mAP@.5:.95':>12}{'GFLOPs':>9}{'ms':>9}"
-             f"{'random mAP@.5:.95':>19}"]
-    for p, r in zip(result["points"]["router"], result["points"]["random"]):
+             + "".join(f"{k + ' mAP@.5:.95':>19}" for k in others)]
+    for j, p in enumerate(points["router"]):
+        beside = "".join(f"{points[k][j]['map']:>19.3f}" for k in others)
         lines.append(f"{100 * p['hard_fraction']:>7.1f}{p['threshold']:>11.4f}{p['map50']:>9.3f}{p['map']:>12.3f}"
-                     f"{p['gflops']:>9.2f}{p['latency_ms']:>9.1f}{r['map']:>19.3f}")
-    auc = [f"{k}: {result[f'auc_policy_{k}']:.3f}" if result[f"auc_policy_{k}"] is not None else f"{k}: undefined"
-           for k in ("router", "random")]
-    lines.append("AUC-Policy (mAP@.5:.95) " + ", ".join(auc))
+                     f"{p['gflops']:>9.2f}{p['latency_ms']:>9.1f}{beside}")
+    auc = [f"{k}: {_value(result[f'auc_policy_{k}'])}" for k in ("router", "random", "oracle")
+           if f"auc_policy_{k}" in result]
+    efficiency = (f"; routing efficiency {_value(result['routing_efficiency'], 2)}"
+                  if "routing_efficiency" in result else "")
+    lines.append("AUC-Policy (mAP@.5:.95) " + ", ".join(auc) + efficiency)
+    if result.get("oracle_gain") == "own":
+        lines.append("oracle: images ordered by their own mAP gain (too many images for contribution gains)")
+    if result.get("auc_policy_note"):
+        lines.append(f"AUC-Policy undefined: {result['auc_policy_note']}")
     return "\n".join(lines)

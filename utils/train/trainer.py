@@ -62,6 +62,7 @@ class Trainer(EpochLoop):
     dist: DistInfo = field(default_factory=DistInfo)
     names: list[str] = field(default_factory=list)
     record: dict = field(default_factory=dict)
+    trained_on: dict = field(default_factory=dict)  # image-set record of every image the weights learned from
     progress: Progress = field(default_factory=lambda: Progress(0, -1.0))
 
     def __post_init__(self) -> None:
@@ -192,7 +193,7 @@ class Trainer(EpochLoop):
             "train_opt": self.record, "hyp": self.hyp, "rng": capture_rng(self.train_loader),
             "scaler": self.scaler.state_dict(),  # AMP's loss scale (empty off CUDA)
         }
-        meta = {"epoch": epoch, "stage": "stage1", "run": str(self.save_dir)}
+        meta = {"epoch": epoch, "stage": "stage1", "run": str(self.save_dir), "trained_on": self.trained_on}
         kw = {"names": self.names, "img_size": self.loop.img_size, "meta": meta}
         # 'model' holds the EMA weights (what inference should use); 'train_model' the raw
         # weights so that a resumed run continues exactly.
