@@ -1,6 +1,7 @@
 """INT8 on a CPU without AVX-512 and VNNI, whatever CPU runs the suite: QEMU's user-mode emulator
 runs Python as an Intel Haswell (AVX2 and FMA only), so ONNX Runtime and OpenVINO pick their
-AVX2 u8 x s8 kernels (``vpmaddubsw``) exactly as on such a machine.
+AVX2 u8 x s8 kernels (``vpmaddubsw``) exactly as on such a machine. On a host that is itself
+AVX2-only (no AVX-512, no VNNI) the same code runs natively instead, without the emulator.
 
 On the emulated CPU this checks the cause (a full-range u8 x s8 product saturates, 7-bit weights
 do not), that the peak measurement still measures a correct product there, and that the
@@ -27,10 +28,19 @@ from tests.conftest import REPO
 QEMU = shutil.which("qemu-x86_64")
 CPU = "Haswell-v4"  # AVX2, FMA; no AVX-512, no VNNI
 
+
+def _host_is_avx2_only() -> bool:
+    from numpy._core._multiarray_umath import __cpu_features__ as f
+    return bool(f.get("AVX2") and f.get("FMA3") and not f.get("AVX512F") and not f.get("AVX512VNNI")
+                and not f.get("AVXVNNI"))
+
+
+NATIVE = platform.machine() == "x86_64" and _host_is_avx2_only()  # the host is the CPU to test
+
 pytestmark = [
     pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates an x86 CPU: needs an x86_64 host"),
-    pytest.mark.skipif(QEMU is None, reason="needs qemu-x86_64 (apt-get install qemu-user) to emulate an "
-                                            "AVX2-only CPU"),
+    pytest.mark.skipif(QEMU is None and not NATIVE, reason="needs qemu-x86_64 (apt-get install qemu-user) to "
+                                                           "emulate an AVX2-only CPU"),
 ]
 
 # Runs first in every emulated process: the CPU must really be an AVX2-only one, and utils.cpu
@@ -46,9 +56,11 @@ cpu.cpu_info = lambda: HASWELL
 
 
 def emulated(code: str, timeout: int = 300) -> dict:
-    """Run ``code`` (after PRELUDE) in Python on the emulated CPU; it prints one JSON line last."""
+    """Run ``code`` (after PRELUDE) in Python on the emulated CPU (or natively on an AVX2-only host);
+    it prints one JSON line last."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([QEMU, "-cpu", CPU, sys.executable, "-c", PRELUDE + code], cwd=REPO, env=env,
+    runner = [] if NATIVE else [QEMU, "-cpu", CPU]
+    proc = subprocess.run([*runner, sys.executable, "-c", PRELUDE + code], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
