@@ -38,7 +38,7 @@ from utils.routing.dualres_cache import collect_samples as collect_dualres
 from utils.routing.dualres_setup import attach_router, detector_loss, wrap_detector
 from utils.routing.dualres_trainer import DualResOptions, DualResTrainer
 from utils.routing.latency import route_costs
-from utils.routing.loss import STRATEGIES, estimate_offset
+from utils.routing.loss import STRATEGIES, estimate_offset, gain_scale
 from utils.routing.policy import choose_threshold
 from utils.routing.samples import epochs_for
 from utils.routing.phi_spread import spread_warning
@@ -71,6 +71,8 @@ class Options:
                                       f"{ROUTER.epoch_samples} samples (at least {ROUTER.min_epochs}); "
                                       f"dualres {DUALRES.epochs}")
     steps: int = option(ROUTER.steps, "dynamicdet: optimizer steps when --epochs is not given")
+    logit_decay: float = option(ROUTER.logit_decay, "dynamicdet: weight of the mean squared router logit, which "
+                                "keeps φ from saturating at 0 or 1 (0: the paper's Eq. 12 alone)")
     patience: int = option(ROUTER.patience, "dynamicdet: stop after this many epochs without a better "
                                             "validation routed loss (0: never)")
     epoch_samples: int = option(0, hidden=True)  # samples per epoch when the schedule came from --steps
@@ -141,10 +143,13 @@ def _train_dynamicdet(opt: Options, device: torch.device, dist_info: DistInfo, r
     train = samples_on(model, train_loader, compute_loss, device, dist_info, "train: detectors")
     val = samples_on(model, val_loader, compute_loss, device, DistInfo(), "val: detectors") if val_loader else None
     delta = float(extra["delta"]) if "delta" in extra else estimate_offset(train.l1, train.l2)
-    LOGGER.info("adaptive offset Δ = median(L1 - L2) = %.5g over %d training images", delta, len(train))
+    scale = float(extra["gain_scale"]) if "gain_scale" in extra else gain_scale(train.l1, train.l2, delta)
+    LOGGER.info("adaptive offset Δ = median(L1 - L2) = %.5g, gain scale median|L1 - L2 - Δ| = %.5g over %d "
+                "training images", delta, scale, len(train))
     opt = _schedule(opt, len(train))
     loop = RouterLoop(opt.epochs, opt.batch_size, opt.img_size, opt.lr, opt.weight_decay, opt.strategy, opt.seed,
-                      epoch_samples=opt.epoch_samples, patience=opt.patience)
+                      epoch_samples=opt.epoch_samples, patience=opt.patience, logit_decay=opt.logit_decay,
+                      gain_scale=scale)
     trainer = RouterTrainer(model, loop, delta, train, val, save_dir, device, dist_info, record=options_dict(opt),
                             lineage=meta)
     if resume_ckpt is not None:

@@ -18,6 +18,8 @@ from utils import cpu  # noqa: E402
 from utils.runtime.openvino_model import OpenVinoModel  # noqa: E402
 from utils.weights.backends import load_model  # noqa: E402
 
+pytestmark = pytest.mark.long(25)  # the whole file, on 2 cores: scheduled among the first
+
 WEIGHTS = REPO / "weights" / "demo-dy-yolov7-tiny.pt"
 SIZE = 128
 

@@ -18,6 +18,8 @@ from dydet import DyDet
 from tests.conftest import REPO
 from utils.weights.checkpoints import read_checkpoint
 
+pytestmark = pytest.mark.long(30)  # the whole file, on 2 cores: scheduled among the first
+
 SIZE = 96  # not the default 640, nor the demo's 128
 
 

@@ -18,6 +18,8 @@ from models.yolo import build_model
 from tests.conftest import REPO
 from utils.weights.checkpoints import read_checkpoint, save_checkpoint
 
+pytestmark = pytest.mark.long(90)  # the whole file, on 2 cores: scheduled among the first
+
 # A short, easy recipe: no mosaic/mixup/colour jitter, constant LR, one optimizer step per batch.
 FAST_HYP = {"lr0": 0.02, "lrf": 1.0, "warmup_epochs": 0.5, "mosaic": 0.0, "mixup": 0.0, "hsv_h": 0.0,
             "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.2, "scale": 0.25, "fliplr": 0.5, "nbs": 8}

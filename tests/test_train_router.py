@@ -21,6 +21,8 @@ from utils.routing.dynamicdet_trainer import PooledRouter, RouterTrainer, frozen
 from utils.train.loss import ComputeLoss, scale_loss_gains
 from utils.weights.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
 
+pytestmark = pytest.mark.long(85)  # the whole file, on 2 cores: scheduled among the first
+
 NAMES = ["circle", "square", "triangle", "cross"]
 IMG = 64
 

@@ -63,6 +63,7 @@ class RouterTraining:
     epoch_samples: int = 4_000
     min_epochs: int = 2
     patience: int = 20
+    logit_decay: float = 0.01
     lr: float = 1e-4
     weight_decay: float = 5e-3
 

@@ -11,6 +11,8 @@ from data.make_demo_data import make_demo_dataset
 from tests.conftest import REPO, load_script
 from utils.export.accuracy import goals
 
+pytestmark = pytest.mark.long(40)  # the whole file, on 2 cores: scheduled among the first
+
 WEIGHTS = REPO / "weights" / "demo-dy-yolov7-tiny.pt"
 SIZE = 128
 

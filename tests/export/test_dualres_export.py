@@ -26,7 +26,7 @@ from utils.routing.calibration import calibration_record
 from utils.weights.backends import load_model
 from utils.weights.checkpoints import save_checkpoint
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.long(35)]  # long: the whole file, on 2 cores
 
 SIZE = 64
 ATOL = 1e-3

@@ -13,7 +13,7 @@ from utils.export.openvino import OpenVinoModel
 SIZE = 64
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.long(25)]  # long: the whole file, on 2 cores
 
 
 def test_openvino_and_int8_exports_through_export_py(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ SIZE = 64
 ATOL = 1e-3
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.long(35)]  # long: the whole file, on 2 cores
 
 
 def spread_router(model: torch.nn.Module, size: int = SIZE) -> torch.nn.Module:

@@ -20,7 +20,7 @@ from utils.export import quantize as q  # noqa: E402
 from utils.runtime.onnx_model import OnnxModel  # noqa: E402
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.long(35)]  # long: the whole file, on 2 cores
 
 
 def calibration(n: int = 12, seed: int = 1) -> torch.Tensor:

@@ -15,6 +15,8 @@ from models.parse import load_cfg, read_specs
 from models.yolo import Model, build_model
 from tests.conftest import REPO, randomize_bn, reference_keys
 
+pytestmark = pytest.mark.long(60)  # the whole file, on 2 cores: scheduled among the first
+
 OFFICIAL = ["yolov7-tiny", "yolov7", "yolov7x", "dy-yolov7", "dy-yolov7x", "dy-yolov7-w6"]
 
 

@@ -29,7 +29,7 @@ from models.yolo import build_model
 from tests.conftest import REPO
 from utils.weights.checkpoints import save_checkpoint
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.long(25)]  # long: the whole file, on 2 cores
 
 KINDS = ("ours", "official", "onnx", "openvino_xml", "openvino_dir")
 FAULTS = ("truncated", "zero", "random", "text", "jpeg")

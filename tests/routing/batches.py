@@ -19,4 +19,4 @@ def route_batch(model: nn.Module, router: nn.Module, imgs: torch.Tensor, targets
     """φ (through ``router``, a ``PooledRouter``) with L1, L2 of one batch of images, as the
     trainer's sample pass computes them."""
     pooled, l1, l2 = batch_samples(model, imgs, targets, compute_loss)
-    return RouteBatch(router(pooled), l1, l2)
+    return RouteBatch(router(pooled).sigmoid(), l1, l2)

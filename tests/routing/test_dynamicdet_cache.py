@@ -49,7 +49,7 @@ def test_samples_equal_running_the_model_on_each_image(setup) -> None:
                 ref = route_batch(setup.model, router, imgs[i:i + 1], t, setup.loss)
                 phi = setup.model.difficulty(imgs[i:i + 1])  # the model's own φ, straight from the image
             k = samples.keys.index(str(path))
-            torch.testing.assert_close(router(samples.pooled[k:k + 1]), phi, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(router(samples.pooled[k:k + 1]).sigmoid(), phi, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(samples.l1[k:k + 1], ref.l1, rtol=1e-4, atol=1e-6)
             torch.testing.assert_close(samples.l2[k:k + 1], ref.l2, rtol=1e-4, atol=1e-6)
 
@@ -64,7 +64,7 @@ def test_a_step_on_samples_has_the_gradient_of_a_step_on_images(setup) -> None:
     grads_images = torch.autograd.grad(loss_images, list(model.router.parameters()))
     samples = collect_samples(model, [(imgs.mul(255).round().byte(), targets, paths, None)], setup.loss, device,
                               show=False)
-    phi = router(samples.pooled)
+    phi = router(samples.pooled).sigmoid()
     loss_samples = router_objective("adaptive", phi, samples.l1, samples.l2, 0.01)
     grads_samples = torch.autograd.grad(loss_samples, list(model.router.parameters()))
     torch.testing.assert_close(loss_samples, loss_images, rtol=1e-5, atol=1e-7)

@@ -110,3 +110,38 @@ def test_routed_loss_sends_the_highest_phi_hard_and_breaks_ties_in_input_order()
         order = sorted(range(5), key=lambda i: (-float(phi[i]), i))[:round(5 * percent / 100)]
         want = sum(float(l_hard[i] if i in order else l_easy[i]) for i in range(5)) / 5
         assert routed_loss(phi, l_easy, l_hard, percent) == pytest.approx(want), percent
+
+
+def test_gain_scale_is_the_median_gap_over_the_offset() -> None:
+    from utils.routing.loss import gain_scale
+    l1, l2 = torch.tensor([0.5, 0.4, 0.3, 0.9]), torch.tensor([0.2, 0.3, 0.3, 0.1])  # L1 - L2: .3 .1 0 .8
+    assert gain_scale(l1, l2, 0.2) == pytest.approx(0.15)  # |.1|, |-.1|, |-.2|, |.6| -> median .15
+    assert gain_scale(l1, l1, 0.0) == 1.0  # no gap at all: left as it is
+
+
+def _fit_free_logits(decay: float, steps: int = 3000) -> torch.Tensor:
+    """Adam on one free logit per image under Eq. 12 (scaled) plus the logit decay."""
+    from utils.routing.loss import gain_scale, logit_decay
+    gains = torch.linspace(-0.05, 0.05, 11)
+    l1, l2 = 0.3 + gains, torch.full((11,), 0.3)
+    delta = estimate_offset(l1, l2)
+    scale = gain_scale(l1, l2, delta)
+    z = torch.zeros(11, requires_grad=True)
+    opt = torch.optim.Adam([z], lr=0.05)
+    for _ in range(steps):
+        loss = router_objective("adaptive", z.sigmoid(), l1, l2, delta, gain_scale=scale) + logit_decay(z, decay)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return z.detach()
+
+
+def test_logit_decay_keeps_phi_off_0_and_1_and_in_gain_order() -> None:
+    # Eq. 12 alone: Adam moves every clear case alike, so images that gain little and much end on
+    # the same logit (the ranking among them is lost), and the logits keep growing toward φ = 0 / 1
+    free, longer = _fit_free_logits(0.0, 1500), _fit_free_logits(0.0, 3000)
+    assert float(free[6:].max() - free[6:].min()) < 1e-3 and float(longer.max()) > float(free.max()) + 1
+    kept, kept_longer = _fit_free_logits(0.01, 1500), _fit_free_logits(0.01, 3000)
+    torch.testing.assert_close(kept, kept_longer, atol=1e-3, rtol=0)  # settled
+    assert kept.abs().max() < 8 and float(kept[6:].max() - kept[6:].min()) > 0.5
+    assert torch.equal(torch.argsort(kept), torch.arange(11))  # ordered by the gain, no ties

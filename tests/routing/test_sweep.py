@@ -206,3 +206,10 @@ def test_format_sweep_says_when_efficiency_is_undefined(tmp_path: Path) -> None:
     result = run_sweep(same, tmp_path, plots=False)
     assert result["auc_policy_oracle"] is None and result["routing_efficiency"] is None
     assert "oracle: undefined; routing efficiency undefined" in format_sweep(result)
+
+
+def test_auc_policy_is_undefined_when_the_hard_route_is_worse() -> None:
+    data = _data(20)
+    swapped = SweepData(data.names, data.gts, data.det2, data.det1, data.phi, data.sizes)  # detector 2 misses
+    with pytest.raises(ValueError, match="below the easy route on these images"):
+        policy_auc(router_points(swapped))

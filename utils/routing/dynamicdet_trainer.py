@@ -22,7 +22,7 @@ from utils.routing.dynamicdet_cache import RouterSamples, collect_samples
 from utils.routing.samples import epoch_batches
 from utils.routing.calibration import calibration_record
 from utils.routing.latency import route_costs
-from utils.routing.loss import routed_loss, router_objective
+from utils.routing.loss import logit_decay, routed_loss, router_objective
 from utils.torch_utils import DistInfo, ddp_wrap
 from utils.train.loop import EpochLoop, Progress, RunLog
 from utils.train.loss import ComputeLoss
@@ -41,14 +41,15 @@ class RouteBatch(NamedTuple):
 
 
 class PooledRouter(nn.Module):
-    """The router's FC layers on pooled inputs (what DDP wraps: the detectors never run in training)."""
+    """The router's FC layers on pooled inputs (what DDP wraps: the detectors never run in training);
+    returns the logits, φ = sigmoid(logits)."""
 
     def __init__(self, router: nn.Module) -> None:
         super().__init__()
         self.router = router
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.router.logits_from_pooled(pooled).sigmoid()
+        return self.router.logits_from_pooled(pooled)
 
 
 def freeze_detectors(model: nn.Module) -> list[nn.Parameter]:
@@ -87,6 +88,8 @@ class RouterLoop:
     seed: int = 0
     epoch_samples: int = 0  # an epoch passes over at least this many samples (small data: several passes)
     patience: int = 0  # stop after this many epochs without a better validation routed loss (0: never)
+    logit_decay: float = 0.0  # weight of the mean squared logit (keeps φ from saturating; 0: Eq. 12 alone)
+    gain_scale: float = 1.0  # Eq. 12 is divided by this (the typical |L1 - L2 - Δ|), so the decay is scale-free
 
 
 @dataclass
@@ -166,15 +169,18 @@ class RouterTrainer(EpochLoop):
 
     def step(self, batch: RouterSamples) -> float:
         """One AdamW step of the router on a batch of samples; returns the batch loss."""
-        phi = self.router(batch.pooled.to(self.device))
-        loss = router_objective(self.loop.strategy, phi, batch.l1.to(self.device), batch.l2.to(self.device),
-                                self.delta, keys=batch.names, seed=self.loop.seed)
+        logits = self.router(batch.pooled.to(self.device))
+        scale = self.loop.gain_scale if self.loop.strategy == "adaptive" else 1.0
+        objective = router_objective(self.loop.strategy, logits.sigmoid(), batch.l1.to(self.device),
+                                     batch.l2.to(self.device), self.delta, keys=batch.names, seed=self.loop.seed,
+                                     gain_scale=scale)
+        loss = objective + logit_decay(logits, self.loop.logit_decay)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"router loss became {loss.item()}; check the stage-1 weights")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DDP averages the router's gradients over processes
         self.optimizer.step()
-        return loss.item()
+        return objective.item() * scale  # the strategy's own loss, as validation reports it
 
     @torch.no_grad()
     def val_routes(self) -> RouteBatch:
@@ -201,7 +207,7 @@ class RouterTrainer(EpochLoop):
         meta = {**self.lineage, "epoch": epoch, "stage": "router", "strategy": self.loop.strategy, "delta": self.delta,
                 "run": str(self.save_dir)}
         extra = {"epoch": epoch, "best_fitness": self.progress.best_fitness, "best_epoch": self.best_epoch,
-                 "delta": self.delta,
+                 "delta": self.delta, "gain_scale": self.loop.gain_scale,
                  "optimizer": self.optimizer.state_dict(), "train_opt": self.record}
         kw = {"names": self.model.names, "img_size": self.loop.img_size, "thresholds": calib, "meta": meta}
         save_checkpoint(self.wdir / "last.pt", self.model, extra=extra, **kw)

@@ -64,10 +64,11 @@ def target_loss(phi: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def router_objective(strategy: str, phi: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor,
-                     delta: float, keys: Sequence[str] = (), seed: int = 0) -> torch.Tensor:
-    """The batch loss of ``strategy`` ('adaptive', 'random' or 'ap') for the router output φ."""
+                     delta: float, keys: Sequence[str] = (), seed: int = 0, gain_scale: float = 1.0) -> torch.Tensor:
+    """The batch loss of ``strategy`` ('adaptive', 'random' or 'ap') for the router output φ
+    (Eq. 12 divided by ``gain_scale``; the BCE baselines are scale-free already)."""
     if strategy == "adaptive":
-        return adaptive_offset_loss(phi, l1, l2, delta)
+        return adaptive_offset_loss(phi, l1, l2, delta) / gain_scale
     if strategy == "ap":
         return target_loss(phi, ap_targets(l1, l2, delta))
     if strategy == "random":
@@ -75,6 +76,26 @@ def router_objective(strategy: str, phi: torch.Tensor, l1: torch.Tensor, l2: tor
             raise ValueError(f"strategy 'random' needs one key per image ({phi.numel()}), got {len(keys)}")
         return target_loss(phi, random_targets(keys, seed))
     raise ValueError(f"unknown router strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+
+
+def gain_scale(l1: torch.Tensor, l2: torch.Tensor, delta: float) -> float:
+    """The typical size of an image's gain over the offset: median |L1 - L2 - Δ| (1.0 when all are 0).
+
+    Eq. 12 divided by it has per-image gradients of order one on any data set, which makes a
+    logit decay of a fixed weight mean the same everywhere."""
+    gap = (l1.detach() - l2.detach() - delta).abs().double().flatten().cpu().numpy()
+    scale = float(np.median(gap)) if gap.size else 0.0
+    return scale if scale > 0 else 1.0
+
+
+def logit_decay(logits: torch.Tensor, weight: float) -> torch.Tensor:
+    """``weight`` x mean squared logit. Eq. 12 is linear in φ, so without it (and with Adam, which
+    rescales the vanishing gradients of a saturated sigmoid) logits grow until φ is exactly 0 or
+    1 for most images and the dial can no longer split them; with it each image's logit settles
+    where the decay balances its gain, which keeps the images ordered by how much they gain."""
+    if weight <= 0:
+        return logits.new_zeros(())
+    return weight * logits.pow(2).mean()
 
 
 def routed_loss(phi: torch.Tensor, l_easy: torch.Tensor, l_hard: torch.Tensor, percent: float) -> float:

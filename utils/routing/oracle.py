@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.evaluation.metrics import coco_matches
-from utils.routing.sweep import SWEEP_PERCENTS, SweepData, SweepPoint, operating_point
+from utils.routing.sweep_data import SWEEP_PERCENTS, SweepData, SweepPoint, operating_point
 
 GAIN_KINDS = ("own", "contribution")
 DEFAULT_GAIN = "contribution"

@@ -8,92 +8,24 @@ oracle (the images that gain most go hard first, :mod:`utils.routing.oracle`) th
 """
 from __future__ import annotations
 
-import copy
 import csv
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from utils.evaluation.metrics import (
-    auc_policy,
-    coco_evaluate,
-    coco_matches,
-    coco_stats,
-    summarize_cocoeval,
-)
+from utils.evaluation.metrics import auc_policy
 from utils.routing.calibration import threshold_table
+from utils.routing.oracle import oracle_points, routing_efficiency, sweep_gain
+from utils.routing.sweep_data import SWEEP_PERCENTS, SweepData, SweepPoint, operating_point
 
-SWEEP_PERCENTS = tuple(range(0, 101, 10))
+__all__ = ["SWEEP_PERCENTS", "SweepData", "SweepPoint", "operating_point", "router_points", "random_points",
+           "distinct", "policy_auc", "write_csv", "plot_sweep", "run_sweep", "format_sweep", "MIN_ROUTE_GAP"]
+
 # Below this gap between the all-easy and the all-hard mAP@.5:.95 AUC-Policy is not reported: Eq. 10
 # divides by the gap, so noise of a few thousandths would read as a large score either way.
 MIN_ROUTE_GAP = 0.005
-
-
-@dataclass(frozen=True)
-class SweepPoint:
-    """One operating point: hard share, its threshold, accuracy and mean cost per image."""
-
-    percent: float  # requested hard percentage
-    threshold: float
-    hard_fraction: float  # achieved on these images
-    map50: float
-    map: float
-    gflops: float
-    latency_ms: float
-
-
-@dataclass
-class SweepData:
-    """Per-image ground truth and both detectors' detections (original pixels), and φ."""
-
-    names: list[str]
-    gts: list[np.ndarray]
-    det1: list[np.ndarray]
-    det2: list[np.ndarray]
-    phi: np.ndarray
-    sizes: list[tuple[int, int]]
-    _matches: tuple | None = field(default=None, repr=False)
-
-    def assemble(self, hard: np.ndarray) -> list[np.ndarray]:
-        """Detections of routed inference: detector 2 where ``hard``, detector 1 elsewhere."""
-        if hard.shape != self.phi.shape:
-            raise ValueError(f"route mask of shape {hard.shape} for {self.phi.size} images")
-        return [d2 if h else d1 for d1, d2, h in zip(self.det1, self.det2, hard)]
-
-    def score(self, hard: np.ndarray) -> dict:
-        """COCO mAP of the routed detections; per-image matches are computed once per detector."""
-        matched = self.matches()
-        if matched is None:
-            return coco_evaluate(self.gts, self.assemble(hard), self.names, image_sizes=self.sizes)
-        e1, e2 = matched
-        reps = len(e1.evalImgs) // len(self.gts)  # evalImgs: category x area range x image
-        evaluator = copy.copy(e1)
-        evaluator.evalImgs = [b if h else a for a, b, h in zip(e1.evalImgs, e2.evalImgs, np.tile(hard, reps))]
-        return coco_stats(summarize_cocoeval(evaluator))
-
-    def matches(self):
-        """Both detectors' COCOeval matches (None when one of them has no detections)."""
-        if self._matches is None:
-            pair = tuple(coco_matches(self.gts, d, self.names, self.sizes) for d in (self.det1, self.det2))
-            self._matches = (None if None in pair else pair,)
-        return self._matches[0]
-
-
-def _mean_cost(fraction: float, costs: Mapping[str, float] | None) -> float:
-    if not costs:
-        return float("nan")
-    return (1 - fraction) * float(costs["easy"]) + fraction * float(costs["hard"])
-
-
-def operating_point(data: SweepData, percent: float, threshold: float, hard: np.ndarray, gflops, latency,
-                    scores: dict | None = None) -> SweepPoint:
-    """The point of routing ``hard`` images to detector 2 (``scores``: its mAP when already known)."""
-    scores = scores or data.score(hard)
-    f = float(hard.mean()) if hard.size else 0.0
-    return SweepPoint(float(percent), float(threshold), f, scores["map50"], scores["map"],
-                      _mean_cost(f, gflops), _mean_cost(f, latency))
 
 
 def router_points(data: SweepData, gflops: Mapping[str, float] | None = None,
@@ -142,13 +74,19 @@ def policy_auc(points: Sequence[SweepPoint], metric: str = "map") -> float:
     """AUC-Policy (DualRes Eq. 10) of the points, with the hard fraction as the cost axis.
 
     Mean GFLOPs and latency are affine in the hard fraction, so all three give the same value.
-    Raises ValueError when the two ends differ by less than ``MIN_ROUTE_GAP`` (nothing to route for).
+    Raises ValueError when the hard end is not at least ``MIN_ROUTE_GAP`` above the easy end
+    (nothing to route for, or a hard route that is worse).
     """
     pts = distinct(points)
     ends = sorted(pts, key=lambda p: p.hard_fraction)
-    if len(ends) >= 2 and abs(getattr(ends[-1], metric) - getattr(ends[0], metric)) < MIN_ROUTE_GAP:
-        gap = getattr(ends[-1], metric) - getattr(ends[0], metric)
-        raise ValueError(f"the hard route changes {metric} by only {gap:+.4f} over the easy route (less than "
+    gap = getattr(ends[-1], metric) - getattr(ends[0], metric) if len(ends) >= 2 else 0.0
+    name = {"map": "mAP@.5:.95", "map50": "mAP@.5"}.get(metric, metric)
+    if len(ends) >= 2 and gap <= -MIN_ROUTE_GAP:
+        raise ValueError(f"the hard route scores {-gap:.4f} {name} below the easy route on these images: "
+                         "sending images hard only gives accuracy away here (detector 2 is not the better "
+                         "detector on this data; check stage 1), and AUC-Policy assumes the opposite")
+    if len(ends) >= 2 and gap < MIN_ROUTE_GAP:
+        raise ValueError(f"the hard route changes {name} by only {gap:+.4f} over the easy route (less than "
                          f"{MIN_ROUTE_GAP}): there is nothing for routing to gain on these images, and "
                          "AUC-Policy, which divides by that gap, would be noise")
     return auc_policy([p.hard_fraction for p in pts], [getattr(p, metric) for p in pts])
@@ -183,7 +121,6 @@ def run_sweep(data: SweepData, save_dir: Path, gflops: Mapping[str, float] | Non
               plots: bool = True) -> dict:
     """Oracle, router and random-routing points, sweep.csv, plots, the AUC-Policy of each and the
     router's routing efficiency (:mod:`utils.routing.oracle`)."""
-    from utils.routing.oracle import oracle_points, routing_efficiency, sweep_gain
     gain = sweep_gain(data)
     rows = {"oracle": oracle_points(data, gflops, latency, percents, kind=gain),
             "router": router_points(data, gflops, latency, percents),
